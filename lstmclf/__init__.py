@@ -1,0 +1,1 @@
+"""lstmclf: train, tune, compare, store and retrain CNN-LSTM image classifiers on Ray."""

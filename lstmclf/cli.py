@@ -1,0 +1,50 @@
+"""Shared plumbing of the entry scripts in jobs/: config flags, one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+
+from lstmclf.config import Config, load_config
+from lstmclf.errors import LstmclfError
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """Flags every job shares; each is a shorthand for one `--set section.key=value`."""
+    p.add_argument("--config", help="YAML or JSON config file (a saved best recipe works too)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set model.lstm_layers=3 (repeatable)")
+    p.add_argument("--data", help="dataset directory or URI (data.path); default: the bundled MNIST sample")
+    p.add_argument("--storage", help="where runs go: local directory or s3://bucket/prefix (storage.path)")
+    p.add_argument("--name", help="run / experiment name under the storage path (storage.name)")
+    p.add_argument("--epochs", type=int, help="train.epochs")
+    p.add_argument("--workers", type=int, help="DDP workers per run (scaling.num_workers)")
+    p.add_argument("--cpus-per-worker", type=int, help="scaling.cpus_per_worker")
+    p.add_argument("--gpus-per-worker", type=float,
+                   help="train on GPUs with this many per worker (sets scaling.use_gpu)")
+
+
+def config_from_args(a: argparse.Namespace, prefix: str = "run") -> Config:
+    """Defaults <- --config file <- --set overrides <- shorthand flags; a run name is picked if none is set."""
+    flags = {"data.path": a.data, "storage.path": a.storage, "storage.name": a.name, "train.epochs": a.epochs,
+             "scaling.num_workers": a.workers, "scaling.cpus_per_worker": a.cpus_per_worker}
+    if a.gpus_per_worker:
+        flags |= {"scaling.use_gpu": True, "scaling.gpus_per_worker": a.gpus_per_worker}
+    cfg = load_config(a.config, a.set).override({k: v for k, v in flags.items() if v is not None})
+    if not cfg.storage.name:
+        cfg = cfg.override({"storage.name": f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"})
+    return cfg
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a job's main(); a user error becomes one line on stderr and exit status 2."""
+    try:
+        main()
+    except LstmclfError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

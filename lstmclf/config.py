@@ -1,0 +1,329 @@
+"""One typed, frozen config for a run: data, model, optim, loss, train, scaling, storage.
+
+Built from YAML/JSON plus dotted overrides (`model.lstm_layers=3`). Every value is checked
+here, before Ray starts, so a typo costs one line of output instead of cluster time. The
+config is saved next to every checkpoint and metrics record (`Config.to_dict()`), so any
+artifact rebuilds its exact model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lstmclf.errors import ConfigError
+
+AXES = ("rows", "cols", "both")
+POOLS = ("last", "mean", "attention")
+OPTIMIZERS = ("adam", "nadam", "adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "constant")
+LOSSES = ("cross_entropy", "label_smoothing", "focal")
+
+
+def _require(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"config value {key}: {msg}")
+
+
+def _one_of(value: str, key: str, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    _require(value in allowed, key, f"{value!r} is not one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "sample": the MNIST sample bundled in the package (no network, no ../shared);
+    # otherwise a directory or s3:// URI holding the four IDX files (gzipped or raw).
+    path: str = "sample"
+    num_classes: int = 0  # 0 = infer from the training labels (max label + 1)
+    val_fraction: float = 0.1  # stratified, seeded hold-out from the training files
+    limit_train: int = 0  # 0 = all; else a stratified subset of the training files
+    limit_test: int = 0  # 0 = all; else a stratified subset of the test files
+    shift: int = 2  # max random shift in pixels, drawn per image on the batch tensor; 0 = off
+    seed: int = 0  # seed of the split and the subsets (not of training)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.path), "data.path", "must not be empty")
+        _require(self.num_classes == 0 or self.num_classes >= 2, "data.num_classes",
+                 f"{self.num_classes} must be 0 (infer) or >= 2")
+        _require(0.0 < self.val_fraction < 1.0, "data.val_fraction",
+                 f"{self.val_fraction} is outside (0, 1)")
+        _require(self.limit_train >= 0, "data.limit_train", f"{self.limit_train} < 0")
+        _require(self.limit_test >= 0, "data.limit_test", f"{self.limit_test} < 0")
+        _require(0 <= self.shift <= 8, "data.shift", f"{self.shift} is outside [0, 8]")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "small"  # small | vgg | resnet | none (pure row-LSTM on the pixels)
+    head: str = "lstm"  # lstm | linear (global pooling + FC: the plain-CNN baselines)
+    width: int = 16  # base channel count of the small and vgg backbones (resnet is ResNet-18's)
+    pretrained: str = ""  # weights file for the backbone (never downloaded); "" = random init
+    lstm_layers: int = 2
+    hidden: int = 128  # LSTM hidden size per direction
+    bidirectional: bool = True
+    axis: str = "rows"  # which axis of the feature map is the sequence: rows | cols | both
+    pool: str = "last"  # how LSTM outputs become one vector: last | mean | attention
+    dropout: float = 0.1  # between LSTM layers and before the classifier
+
+    def __post_init__(self) -> None:
+        from lstmclf.models import registry  # lazy: the registry is filled by importing lstmclf.models
+
+        _one_of(self.backbone, "model.backbone", registry.backbone_names())
+        _one_of(self.head, "model.head", registry.head_names())
+        _one_of(self.axis, "model.axis", AXES)
+        _one_of(self.pool, "model.pool", POOLS)
+        _require(self.backbone != "none" or self.head == "lstm", "model.head",
+                 "backbone 'none' needs head 'lstm' (a linear head on raw pixels is not a model here)")
+        _require(4 <= self.width <= 512, "model.width", f"{self.width} is outside [4, 512]")
+        _require(1 <= self.lstm_layers <= 8, "model.lstm_layers", f"{self.lstm_layers} is outside [1, 8]")
+        _require(1 <= self.hidden <= 4096, "model.hidden", f"{self.hidden} is outside [1, 4096]")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", f"{self.dropout} is outside [0, 1)")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adamw"  # adam | nadam | adamw | sgd (with momentum, Nesterov)
+    lr: float = 3e-3  # peak learning rate of the schedule
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  # sgd only
+    schedule: str = "onecycle"  # onecycle | cosine | constant, stepped every batch
+    warmup: float = 0.2  # fraction of the steps spent warming up (onecycle, cosine)
+    grad_clip: float = 1.0  # max global gradient norm (keeps the LSTM stable); 0 = off
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, "optim.name", OPTIMIZERS)
+        _one_of(self.schedule, "optim.schedule", SCHEDULES)
+        _require(0.0 < self.lr <= 10.0, "optim.lr", f"{self.lr} is outside (0, 10]")
+        _require(0.0 <= self.weight_decay < 1.0, "optim.weight_decay", f"{self.weight_decay} is outside [0, 1)")
+        _require(0.0 <= self.momentum < 1.0, "optim.momentum", f"{self.momentum} is outside [0, 1)")
+        _require(0.0 <= self.warmup < 1.0, "optim.warmup", f"{self.warmup} is outside [0, 1)")
+        _require(self.grad_clip >= 0.0, "optim.grad_clip", f"{self.grad_clip} < 0")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "cross_entropy"  # cross_entropy | label_smoothing | focal
+    label_smoothing: float = 0.1  # used by label_smoothing
+    focal_gamma: float = 2.0  # used by focal
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, "loss.name", LOSSES)
+        _require(0.0 <= self.label_smoothing < 1.0, "loss.label_smoothing",
+                 f"{self.label_smoothing} is outside [0, 1)")
+        _require(0.0 <= self.focal_gamma <= 10.0, "loss.focal_gamma", f"{self.focal_gamma} is outside [0, 10]")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 6
+    batch_size: int = 128  # per worker; the global batch is batch_size * num_workers
+    eval_batch_size: int = 1024  # per worker
+    seed: int = 0  # model init, batch order, augmentation, dropout
+    checkpoints_to_keep: int = 2  # best by val_acc; the latest is always kept for resuming
+    max_failures: int = 1  # worker-group restarts from the latest checkpoint
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.epochs <= 10_000, "train.epochs", f"{self.epochs} is outside [1, 10000]")
+        _require(1 <= self.batch_size <= 65_536, "train.batch_size", f"{self.batch_size} is outside [1, 65536]")
+        _require(1 <= self.eval_batch_size <= 65_536, "train.eval_batch_size",
+                 f"{self.eval_batch_size} is outside [1, 65536]")
+        _require(self.checkpoints_to_keep >= 1, "train.checkpoints_to_keep", f"{self.checkpoints_to_keep} < 1")
+        _require(self.max_failures >= -1, "train.max_failures", f"{self.max_failures} < -1 (-1 = retry forever)")
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    num_workers: int = 1  # DDP processes, one per GPU when use_gpu
+    use_gpu: bool = False
+    cpus_per_worker: int = 1  # also each worker's torch thread count (Ray sets OMP_NUM_THREADS)
+    gpus_per_worker: float = 1.0  # only read when use_gpu
+
+    def __post_init__(self) -> None:
+        _require(self.num_workers >= 1, "scaling.num_workers", f"{self.num_workers} < 1")
+        _require(self.cpus_per_worker >= 1, "scaling.cpus_per_worker", f"{self.cpus_per_worker} < 1")
+        _require(0.0 < self.gpus_per_worker <= 8.0, "scaling.gpus_per_worker",
+                 f"{self.gpus_per_worker} is outside (0, 8]")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    path: str = "runs"  # local directory or s3://bucket/prefix: experiments and checkpoints
+    name: str = ""  # run (experiment) name under path; "" = the job picks one from the time
+
+    def __post_init__(self) -> None:
+        _require(bool(self.path), "storage.path", "must not be empty")
+        _require("/" not in self.name and self.name not in (".", ".."), "storage.name",
+                 f"{self.name!r} must be a single path component")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Config:
+        """Build and validate a config; missing keys take their defaults."""
+        return _build(cls, d or {}, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def override(self, dotted: Mapping[str, Any]) -> Config:
+        """A copy with `{"model.lstm_layers": 3, ...}` applied, validated again."""
+        d = self.to_dict()
+        for key, value in dotted.items():
+            _set_dotted(d, key, value)
+        return Config.from_dict(d)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def dotted_keys(cls: type = Config, prefix: str = "") -> dict[str, type]:
+    """Every leaf key of the config as `section.field` -> its type (search spaces check against it)."""
+    out: dict[str, type] = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            out.update(dotted_keys(tp, key + "."))
+        else:
+            out[key] = tp
+    return out
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = d
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key {'.'.join(parents[: i + 1])} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _unknown(key: str, known: Iterable[str]) -> ConfigError:
+    hint = difflib.get_close_matches(key, list(known), n=1)
+    return ConfigError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+
+
+def _build(cls: type, d: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"config section {where} must be a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in d.items():
+        if key not in hints:
+            raise _unknown(f"{prefix}{key}", [f"{prefix}{k}" for k in hints])
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a section given where a value belongs, etc.
+        raise ConfigError(f"config section {where}: {e}") from None
+
+
+def _coerce(value: Any, tp: type, key: str) -> Any:
+    """Accept a value of the field's type; strings from the command line are parsed."""
+    bad = ConfigError(f"config value {key}: expected {tp.__name__}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            out = float(value)
+        elif isinstance(value, str):
+            try:
+                out = float(value)  # YAML 1.1 reads "1e-3" as a string
+            except ValueError:
+                raise bad from None
+        else:
+            raise bad
+        if not math.isfinite(out):
+            raise bad
+        return out
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise ConfigError(f"config value {key}: unsupported field type {tp!r}")
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """`["model.lstm_layers=3", "optim.name=adam"]` -> {"model.lstm_layers": 3, ...} (YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a plain dict (validated later by `Config.from_dict`)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror or e}") from None
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {p}{where} is not valid YAML/JSON") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return d
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Defaults, then the file (if any), then `section.key=value` overrides; validated as a whole."""
+    d = read_config_file(path) if path else {}
+    for key, value in parse_overrides(overrides).items():
+        _set_dotted(d, key, value)
+    return Config.from_dict(d)

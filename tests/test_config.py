@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import yaml
+
+from lstmclf.config import Config, dotted_keys, load_config, parse_overrides, read_config_file
+from lstmclf.errors import ConfigError
+
+
+def test_defaults_round_trip_through_dict_yaml_and_json(tmp_path):
+    cfg = Config().override({"model.lstm_layers": 3, "optim.name": "sgd", "model.bidirectional": False})
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))
+    assert load_config(tmp_path / "c.yaml") == cfg
+    assert load_config(tmp_path / "c.json") == cfg
+
+
+def test_file_then_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"model": {"hidden": 64}, "optim": {"lr": 0.01}}))
+    cfg = load_config(tmp_path / "c.yaml", ["model.hidden=32", "optim.lr=1e-3", "model.bidirectional=false"])
+    assert (cfg.model.hidden, cfg.optim.lr, cfg.model.bidirectional) == (32, 1e-3, False)
+    assert cfg.model.lstm_layers == Config().model.lstm_layers
+
+
+def test_int_accepted_for_float_and_numeric_strings_parsed():
+    cfg = Config.from_dict({"optim": {"lr": 1, "weight_decay": "1e-4"}, "train": {"epochs": 3.0}})
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.weight_decay == 1e-4 and cfg.train.epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.lstm_layer=3"], "unknown config key 'model.lstm_layer' (did you mean 'model.lstm_layers'?)"),
+        (["modle.hidden=3"], "unknown config key 'modle'"),
+        (["model.dropout=1.0"], "model.dropout: 1.0 is outside [0, 1)"),
+        (["model.dropout=-0.1"], "model.dropout"),
+        (["scaling.num_workers=0"], "scaling.num_workers: 0 < 1"),
+        (["optim.name=rmsprop"], "optim.name: 'rmsprop' is not one of adam, nadam, adamw, sgd"),
+        (["loss.name=hinge"], "loss.name"),
+        (["model.backbone=alexnet"], "model.backbone: 'alexnet' is not one of"),
+        (["model.head=gru"], "model.head"),
+        (["model.axis=diagonal"], "model.axis"),
+        (["model.hidden=abc"], "model.hidden: expected int, got 'abc'"),
+        (["model.hidden=2.5"], "model.hidden: expected int"),
+        (["model.bidirectional=3"], "model.bidirectional: expected bool"),
+        (["train.epochs=true"], "train.epochs: expected int"),
+        (["optim.lr=nan"], "optim.lr: expected float"),
+        (["optim.lr=0"], "optim.lr"),
+        (["model=3"], "config section model must be a mapping"),
+        (["model.hidden.x=3"], "model.hidden: expected int, got {'x': 3}"),
+        (["model.backbone=none", "model.head=linear"], "backbone 'none' needs head 'lstm'"),
+        (["storage.name=a/b"], "storage.name"),
+        (["nokeyvalue"], "must look like section.key=value"),
+    ],
+)
+def test_bad_values_fail_with_one_clear_line(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_files(tmp_path):
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "broken.yaml").write_text("model: {hidden: 3\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        read_config_file(tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_config_file(tmp_path / "broken.yaml")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        read_config_file(tmp_path / "missing.yaml")
+
+
+def test_frozen_and_dotted_keys():
+    cfg = Config()
+    with pytest.raises(AttributeError):
+        cfg.model.hidden = 3  # type: ignore[misc]
+    keys = dotted_keys()
+    assert keys["model.lstm_layers"] is int and keys["optim.lr"] is float and keys["model.bidirectional"] is bool
+    assert set(keys) == {f"{s}.{k}" for s, sec in cfg.to_dict().items() for k in sec}
+
+
+def test_parse_overrides_yaml_scalars():
+    assert parse_overrides(["a.b=3", "a.c=0.5", "a.d=adam", "a.e=true", "a.f="]) == {
+        "a.b": 3, "a.c": 0.5, "a.d": "adam", "a.e": True, "a.f": ""}
