@@ -1,0 +1,83 @@
+"""In-memory batches drawn by index from uint8 tensors that live on the training device.
+
+No per-sample DataLoader: the whole shard is one uint8 tensor (on the GPU when there is one),
+a batch is one gather, and shifting / normalising happen on the batch tensor. For training,
+every rank gets the same number of batches each epoch, so DDP never waits on a short rank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from lstmclf.data.dataset import Split
+
+
+def to_tensors(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,H,W) uint8 images and (N,) int64 labels on `device`."""
+    images = torch.from_numpy(np.array(split.images, dtype=np.uint8, copy=True)).to(device)
+    labels = torch.from_numpy(np.asarray(split.labels, dtype=np.int64)).to(device)
+    return images, labels
+
+
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image of a (B,H,W) batch by its own random (dy, dx) in [-max_shift, max_shift], zero fill."""
+    b, h, w = images.shape
+    s = max_shift
+    padded = torch.nn.functional.pad(images, (s, s, s, s))  # (B, H+2s, W+2s)
+    offs = torch.randint(0, 2 * s + 1, (2, b), device=images.device, generator=generator)
+    rows = offs[0, :, None] + torch.arange(h, device=images.device)  # (B, H)
+    cols = offs[1, :, None] + torch.arange(w, device=images.device)  # (B, W)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W)
+
+
+class BatchLoader:
+    """Iterates (x, y) batches: x (B,1,H,W) float normalised, y (B,) int64.
+
+    Training (`shuffle=True`): every epoch the same seeded permutation on all ranks; rank r takes
+    every world_size-th index, trimmed to N // world_size, so all ranks run ceil(N/world/B) batches.
+    Evaluation (`shuffle=False`): rank r takes indices r, r+world, ...: every item exactly once.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, mean: float, std: float,
+                 shuffle: bool = False, shift: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if len(images) < world_size:
+            raise ValueError(f"{len(images)} items cannot be sharded over {world_size} ranks")
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.shift, self.seed = batch_size, shuffle, shift, seed
+        self.rank, self.world_size = rank, world_size
+        self.mean, self.std = mean * 255.0, std * 255.0  # applied to raw uint8 values
+        self.epoch = 0
+        self.per_rank = len(images) // world_size if shuffle else len(range(rank, len(images), world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.per_rank / self.batch_size)
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.images)
+        if not self.shuffle:
+            return torch.arange(self.rank, n, self.world_size, device=self.images.device)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)  # same order on every rank
+        perm = torch.randperm(n, generator=g)
+        return perm[self.rank :: self.world_size][: self.per_rank].to(self.images.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx = self._indices()
+        gen = None
+        if self.shift:
+            gen = torch.Generator(device=self.images.device)
+            gen.manual_seed((self.seed * 1_000_003 + self.epoch) * 1009 + self.rank)  # own draws per rank
+        for start in range(0, len(idx), self.batch_size):
+            b = idx[start : start + self.batch_size]
+            x = self.images[b]  # (B, H, W) uint8
+            if gen is not None:
+                x = random_shift(x, self.shift, gen)
+            x = (x.float() - self.mean) / self.std
+            yield x.unsqueeze(1), self.labels[b]  # (B, 1, H, W)

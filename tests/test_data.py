@@ -1,0 +1,179 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from lstmclf.data import BatchLoader, build_splits, encode_idx, load_splits, parse_idx, random_shift, read_arrays
+from lstmclf.data.dataset import stratified_take
+from lstmclf.data.sample import NAMES
+from lstmclf.errors import DataError
+
+
+def write_dataset(d, n_train=40, n_test=20, hw=(28, 28), classes=4, seed=0, **replace):
+    """Write a small, valid MNIST-format dataset; `replace` swaps a file's bytes by role."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train_images": rng.integers(0, 256, (n_train, *hw), dtype=np.uint8),
+        "train_labels": (np.arange(n_train) % classes).astype(np.uint8),
+        "test_images": rng.integers(0, 256, (n_test, *hw), dtype=np.uint8),
+        "test_labels": (np.arange(n_test) % classes).astype(np.uint8),
+    }
+    d.mkdir(parents=True, exist_ok=True)
+    for role, arr in arrays.items():
+        raw = replace.get(role, encode_idx(arr))
+        (d / NAMES[role]).write_bytes(raw)
+    return arrays
+
+
+def test_idx_round_trip_gzipped_and_raw():
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    for compress in (True, False):
+        assert np.array_equal(parse_idx(encode_idx(a, compress=compress), "x"), a)
+    b = np.arange(5, dtype=np.int32)
+    assert np.array_equal(parse_idx(encode_idx(b), "x"), b)
+
+
+def test_reads_the_bundled_sample_with_classes_kept():
+    s = load_splits()
+    assert (len(s.train), len(s.val), len(s.test), s.num_classes, s.image_shape) == (5400, 600, 1000, 10, (1, 28, 28))
+    assert s.train.images.dtype == np.uint8
+    val_share = np.bincount(s.val.labels, minlength=10) / np.bincount(s.train.labels, minlength=10)
+    assert np.allclose(val_share, 600 / 5400, atol=0.01)  # stratified
+    assert 0.1 < s.mean < 0.16 and 0.28 < s.std < 0.34  # MNIST's known pixel statistics
+
+
+def test_split_is_seeded_and_disjoint(tmp_path):
+    arrays = write_dataset(tmp_path / "d", n_train=100, classes=5)
+    a = build_splits(arrays, val_fraction=0.2, seed=1)
+    b = build_splits(arrays, val_fraction=0.2, seed=1)
+    c = build_splits(arrays, val_fraction=0.2, seed=2)
+    assert np.array_equal(a.val.images, b.val.images) and not np.array_equal(a.val.images, c.val.images)
+    assert len(a.val) == 20 and np.array_equal(np.bincount(a.val.labels), [4] * 5)
+    rows = {r.tobytes() for r in a.train.images} | {r.tobytes() for r in a.val.images}
+    assert len(rows) == 100  # every training image in exactly one split
+
+
+def test_stratified_take_keeps_proportions_and_total():
+    labels = np.repeat(np.arange(3), [50, 30, 20])
+    taken, rest = stratified_take(labels, 10, seed=0)
+    assert len(taken) == 10 and len(rest) == 90 and not set(taken) & set(rest)
+    assert np.array_equal(np.bincount(labels[taken]), [5, 3, 2])
+
+
+def test_limits_take_stratified_subsets():
+    s = load_splits(limit_train=1000, limit_test=200)
+    assert len(s.train) + len(s.val) == 1000 and len(s.test) == 200
+    assert np.bincount(s.test.labels).min() >= 15
+
+
+def test_any_image_size_and_class_count(tmp_path):
+    write_dataset(tmp_path / "d", hw=(20, 32), classes=7, n_train=70)
+    s = load_splits(str(tmp_path / "d"))
+    assert s.image_shape == (1, 20, 32) and s.num_classes == 7
+
+
+def test_prefixed_file_names_are_found(tmp_path):
+    arrays = write_dataset(tmp_path / "d")
+    for p in (tmp_path / "d").iterdir():
+        p.rename(p.with_name("emnist-digits-" + p.name))
+    assert np.array_equal(read_arrays(str(tmp_path / "d"))["train_labels"], arrays["train_labels"])
+
+
+def header(ndim_dims, code=0x08):
+    return struct.pack(">HBB", 0, code, len(ndim_dims)) + struct.pack(f">{len(ndim_dims)}I", *ndim_dims)
+
+
+good_images = encode_idx(np.zeros((40, 28, 28), np.uint8), compress=False)
+
+
+@pytest.mark.parametrize(
+    ("role", "raw", "message"),
+    [
+        ("train_images", good_images[:-100], "train-images-idx3-ubyte.gz: truncated, 31260 bytes of data"),
+        ("train_images", gzip.compress(good_images)[:-30], "truncated or corrupt gzip data"),
+        ("train_images", b"\x12\x34\x08\x03" + good_images[4:], "bad IDX magic number 0x12340803"),
+        ("train_images", b"", "file is empty"),
+        ("train_images", header([0, 28, 28]), "holds no items"),
+        ("train_images", good_images + b"\0\0", "2 unexpected bytes after the data"),
+        ("train_images", header([40, 28, 28], code=0x0C) + bytes(40 * 28 * 28 * 4), "element type >i4"),
+        ("train_labels", encode_idx(np.zeros((40, 2), np.uint8)), "2 dimensions [40, 2], expected 1"),
+        ("train_labels", encode_idx(np.zeros(39, np.uint8)), "40 train images but 39 train labels"),
+        ("test_images", encode_idx(np.zeros((20, 28, 27), np.uint8)), "test images are (28, 27)"),
+    ],
+)
+def test_broken_files_give_clear_errors(tmp_path, role, raw, message):
+    write_dataset(tmp_path / "d", **{role: raw})
+    with pytest.raises(DataError) as e:
+        load_splits(str(tmp_path / "d"))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_labels_out_of_range(tmp_path):
+    write_dataset(tmp_path / "d", classes=4)
+    with pytest.raises(DataError, match=r"train labels: label 3 at index 3 is out of range \[0, 3\)"):
+        load_splits(str(tmp_path / "d"), num_classes=3)
+    bad = encode_idx(np.full(20, 9, np.uint8))
+    write_dataset(tmp_path / "e", classes=4, test_labels=bad)  # train says 4 classes, test has label 9
+    with pytest.raises(DataError, match=r"test labels: label 9 at index 0 is out of range \[0, 4\)"):
+        load_splits(str(tmp_path / "e"))
+
+
+def test_missing_files_and_dirs(tmp_path):
+    write_dataset(tmp_path / "d")
+    (tmp_path / "d" / NAMES["test_labels"]).unlink()
+    with pytest.raises(DataError, match="no file matching t10k-labels"):
+        load_splits(str(tmp_path / "d"))
+    with pytest.raises(DataError, match="does not exist"):
+        load_splits(str(tmp_path / "nowhere"))
+
+
+def loader_batches(n, world, batch, shuffle):
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1).expand(n, 8, 8).contiguous()
+    labels = torch.arange(n)
+    out = []
+    for rank in range(world):
+        loader = BatchLoader(images, labels, batch, mean=0.0, std=1 / 255, shuffle=shuffle, seed=3, rank=rank,
+                             world_size=world)
+        loader.set_epoch(1)
+        out.append([y for _, y in loader])
+        assert len(out[-1]) == len(loader)
+    return out
+
+
+def test_training_shards_have_equal_batch_counts_and_do_not_overlap():
+    shards = loader_batches(n=103, world=3, batch=8, shuffle=True)
+    assert len({len(s) for s in shards}) == 1  # equal batch counts: DDP never waits on a short rank
+    seen = torch.cat([torch.cat(s) for s in shards])
+    assert len(seen) == 102 and len(set(seen.tolist())) == 102  # 103 // 3 * 3, no duplicates
+
+
+def test_eval_shards_cover_every_item_once():
+    shards = loader_batches(n=103, world=3, batch=8, shuffle=False)
+    assert sorted(torch.cat([torch.cat(s) for s in shards]).tolist()) == list(range(103))
+
+
+def test_epochs_reshuffle_deterministically():
+    images = torch.zeros(50, 8, 8, dtype=torch.uint8)
+    loader = BatchLoader(images, torch.arange(50), 50, mean=0.0, std=1.0, shuffle=True, seed=0)
+    orders = []
+    for epoch in (0, 1, 0):
+        loader.set_epoch(epoch)
+        orders.append(next(iter(loader))[1].tolist())
+    assert orders[0] == orders[2] != orders[1]
+
+
+def test_batches_are_normalised_with_the_given_statistics():
+    images = torch.full((4, 8, 8), 51, dtype=torch.uint8)
+    x, _ = next(iter(BatchLoader(images, torch.zeros(4, dtype=torch.long), 4, mean=0.1, std=0.2)))
+    assert x.shape == (4, 1, 8, 8) and torch.allclose(x, torch.full_like(x, (0.2 - 0.1) / 0.2))
+
+
+def test_random_shift_moves_each_image_by_its_own_offset():
+    img = torch.zeros(64, 9, 9, dtype=torch.uint8)
+    img[:, 4, 4] = 255
+    out = random_shift(img, 2, torch.Generator().manual_seed(0))
+    pos = (out == 255).nonzero()[:, 1:] - 4  # (B, 2) offsets of the single bright pixel
+    assert out.shape == img.shape and len(pos) == 64  # nothing fell off the edge at shift 2
+    assert pos.abs().max() <= 2 and len({tuple(p) for p in pos.tolist()}) > 10
