@@ -1,0 +1,30 @@
+"""Evaluate a checkpoint on a test set: report.json, report.md and confusion_matrix.png.
+
+    python jobs/evaluate.py runs/train-.../epoch_0006 --out eval/
+    python jobs/evaluate.py CKPT --data ../shared/data/mnist       # another MNIST-format test set
+"""
+
+import argparse
+
+from lstmclf.cli import run_main
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint directory or checkpoint.pt (local path or URI)")
+    p.add_argument("--data", help="dataset whose test files are used (default: the checkpoint's own data.path)")
+    p.add_argument("--out", default="eval", help="output directory (default: ./eval)")
+    a = p.parse_args()
+
+    from lstmclf.data import load_splits
+    from lstmclf.evaluate import evaluate_checkpoint, write_report
+
+    report = evaluate_checkpoint(a.checkpoint, load_splits(a.data).test if a.data else None)
+    paths = write_report(report, a.out)
+    print(f"acc {report['acc']:.2%}  precision {report['precision']:.4f}  recall {report['recall']:.4f}  "
+          f"f1 {report['f1']:.4f}  ({report['images']} test images)")
+    print("wrote " + ", ".join(str(x) for x in paths))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,32 @@
+"""Train one CNN-LSTM config with Ray Train (DDP), then evaluate its best checkpoint on the test set.
+
+    python jobs/train.py                                   # defaults: bundled MNIST sample, ./runs
+    python jobs/train.py --config recipe.yaml --workers 2 --set model.lstm_layers=3
+    python jobs/train.py --data ../shared/data/mnist --name full-mnist   # rerun the same name: resumes
+
+Starts a local Ray unless RAY_ADDRESS points at a cluster (as under `ray job submit`).
+"""
+
+import argparse
+
+from lstmclf.cli import add_config_args, config_from_args, run_main
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    cfg = config_from_args(p.parse_args(), prefix="train")
+
+    from lstmclf.train import fit  # Ray is imported only once the config is valid
+
+    out = fit(cfg)
+    t = out.test_metrics
+    print(f"\nrun {out.run_path}: {out.epochs_run} epochs, best val_acc {out.best_metrics['val_acc']:.2%} "
+          f"(epoch {out.best_metrics['epoch']})")
+    print(f"test ({t['images']} images): acc {t['acc']:.2%}  precision {t['precision']:.4f}  "
+          f"recall {t['recall']:.4f}  f1 {t['f1']:.4f}")
+    print(f"best checkpoint: {out.best_checkpoint}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,110 @@
+"""The training step, free of Ray: losses, optimizers, schedules, one epoch, evaluation.
+
+Ray's train loop (lstmclf.train) and the plain-PyTorch baseline in bench/ call the same functions,
+so a throughput comparison between them measures Ray's overhead and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from lstmclf.config import LossConfig, OptimConfig
+from lstmclf.metrics import metric_collection, to_python, update
+
+
+class FocalLoss(nn.Module):
+    """Softmax focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true)^gamma, mean over the batch."""
+
+    def __init__(self, gamma: float) -> None:
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(1, target[:, None]).squeeze(1)  # (B,)
+        return (-(1.0 - logp.exp()).pow(self.gamma) * logp).mean()
+
+
+def build_loss(cfg: LossConfig) -> nn.Module:
+    if cfg.name == "focal":
+        return FocalLoss(cfg.focal_gamma)
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing if cfg.name == "label_smoothing" else 0.0)
+
+
+def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    cls = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam, "adamw": torch.optim.AdamW}[cfg.name]
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer,
+                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per batch over the whole run (`total_steps` = epochs * batches per epoch)."""
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
+                                                   pct_start=max(cfg.warmup, 1e-3))
+    warm = int(cfg.warmup * total_steps) if cfg.schedule == "cosine" else 0
+
+    def factor(step: int) -> float:
+        if cfg.schedule == "constant":
+            return 1.0
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total_steps - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPU (no loss scaling needed); full precision on CPU, where bf16 is slower."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                loss_fn: nn.Module, *, device: torch.device, grad_clip: float = 0.0) -> tuple[torch.Tensor, int]:
+    """One pass over `batches`; returns (sum of per-image losses as a device tensor, images seen).
+
+    The loss stays on the device (no .item() per step), so the GPU is never stalled for logging.
+    """
+    model.train()
+    total = torch.zeros((), device=device)
+    seen = 0
+    for x, y in batches:
+        with autocast(device):
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        total += loss.detach().float() * len(y)
+        seen += len(y)
+    return total, seen
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int, *,
+             device: torch.device, detailed: bool = False) -> dict[str, float | list]:
+    """Accuracy, macro precision / recall / F1 and mean cross-entropy over `batches`.
+
+    Under torch.distributed each rank passes its own shard; torchmetrics sums the states of all
+    ranks in compute(), so every rank gets the metrics of the whole set.
+    """
+    model.eval()
+    metrics = metric_collection(num_classes, detailed=detailed).to(device)
+    for x, y in batches:
+        with autocast(device):
+            logits = model(x)
+        update(metrics, logits.float(), y)
+    return to_python(metrics.compute())

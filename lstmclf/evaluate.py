@@ -1,0 +1,95 @@
+"""A checkpoint and a test set in; accuracy, macro and per-class scores and the confusion matrix out."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lstmclf.checkpoint import load_checkpoint, model_from_checkpoint
+from lstmclf.data import BatchLoader, Split, load_splits, to_tensors
+from lstmclf.engine import evaluate
+from lstmclf.errors import DataError
+
+
+def evaluate_checkpoint(uri: str, test: Split | None = None, *, device: torch.device | None = None,
+                        batch_size: int = 1024) -> dict[str, Any]:
+    """Metrics of a checkpoint on a test split (default: the test files of the checkpoint's own
+    dataset), with the checkpoint's own normalisation."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    state = load_checkpoint(uri)
+    model, cfg = model_from_checkpoint(state)
+    if test is None:
+        test = load_splits(cfg.data.path, num_classes=state["data"]["num_classes"]).test
+    info = state["data"]
+    if [1, *test.images.shape[1:]] != list(info["image_shape"]):
+        raise DataError(f"test images are {list(test.images.shape[1:])}, the checkpoint's model takes "
+                        f"{info['image_shape'][1:]}")
+    if int(test.labels.max()) >= info["num_classes"]:
+        raise DataError(f"test labels reach {int(test.labels.max())}, the checkpoint has {info['num_classes']} classes")
+    loader = BatchLoader(*to_tensors(test, device), batch_size, mean=info["mean"], std=info["std"])
+    report = evaluate(model.to(device), loader, info["num_classes"], device=device, detailed=True)
+    return {"checkpoint": uri, "epoch": state["epoch"] + 1, "images": len(test), "num_classes": info["num_classes"],
+            "model": dataclasses.asdict(cfg.model), **report}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Summary, per-class table and confusion matrix as Markdown."""
+    n = report["num_classes"]
+    lines = [
+        f"# Evaluation of `{report['checkpoint']}`", "",
+        f"{report['images']} test images, {n} classes, checkpoint epoch {report['epoch']}.", "",
+        "| metric | value |", "| --- | --- |",
+        *(f"| {k} | {report[k]:.4f} |" for k in ("acc", "precision", "recall", "f1", "loss")),
+        "", "## Per class", "", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |",
+    ]
+    support = [sum(row) for row in report["confusion"]]
+    for c in range(n):
+        lines.append(f"| {c} | {report['precision_per_class'][c]:.4f} | {report['recall_per_class'][c]:.4f} | "
+                     f"{report['f1_per_class'][c]:.4f} | {support[c]} |")
+    lines += ["", "## Confusion matrix (rows: true class, columns: predicted)", "",
+              "| | " + " | ".join(str(c) for c in range(n)) + " |", "|---" * (n + 1) + "|"]
+    lines += [f"| **{r}** | " + " | ".join(str(v) for v in row) + " |" for r, row in enumerate(report["confusion"])]
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = torch.tensor(report["confusion"], dtype=torch.float64)
+    norm = cm / cm.sum(dim=1, keepdim=True).clamp(min=1)  # row-normalised: recall on the diagonal
+    n = len(cm)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.6 + 0.55 * n), dpi=120)
+    ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"accuracy {report['acc']:.2%}, macro F1 {report['f1']:.4f}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """report.json, report.md and (with matplotlib installed) confusion_matrix.png under out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "report.json", out / "report.md"]
+    written[0].write_text(json.dumps(report, indent=2))
+    written[1].write_text(markdown(report))
+    try:
+        plot_confusion(report, out / "confusion_matrix.png")
+        written.append(out / "confusion_matrix.png")
+    except ImportError:
+        pass  # the [plot] extra is not installed: JSON and Markdown are still complete
+    return written

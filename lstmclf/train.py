@@ -1,0 +1,262 @@
+"""Ray Train wiring: the per-worker loop (DDP) and the TorchTrainer that runs it.
+
+Data is read and validated once, on the driver, and handed to the workers through the object
+store; each worker keeps its shard in memory on its device. Rank 0 writes one checkpoint per
+epoch; a restart (worker failure, or `fit()` again with the same storage and name) resumes from
+the latest one via `ray.train.get_checkpoint()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+import yaml
+
+from lstmclf import storage
+from lstmclf.checkpoint import load_checkpoint, save_checkpoint
+from lstmclf.config import Config
+from lstmclf.data import BatchLoader, Splits, load_splits, to_tensors
+from lstmclf.engine import build_loss, build_optimizer, build_scheduler, evaluate, train_epoch
+from lstmclf.errors import ConfigError, StorageError
+from lstmclf.models import build_model
+
+METRIC = "val_acc"  # what "best" means for checkpoints, ASHA and the results table
+
+
+def load_data(cfg: Config) -> Splits:
+    """Read, validate and split the configured dataset (raises DataError with one clear line)."""
+    d = cfg.data
+    return load_splits(d.path, num_classes=d.num_classes, val_fraction=d.val_fraction, limit_train=d.limit_train,
+                       limit_test=d.limit_test, seed=d.seed)
+
+
+def data_info(splits: Splits) -> dict[str, Any]:
+    """What a checkpoint needs to know about the data to rebuild and feed its model."""
+    return {"num_classes": splits.num_classes, "image_shape": list(splits.image_shape),
+            "mean": splits.mean, "std": splits.std}
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """One DDP worker: build, (resume,) train, validate and report every epoch."""
+    cfg = Config.from_dict(loop_config["config"])
+    data = loop_config["data"]
+    splits: Splits = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+
+    torch.manual_seed(cfg.train.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
+    model = build_model(cfg.model, splits.num_classes, splits.image_shape)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device)
+    model_without_ddp = model
+    model = ray.train.torch.prepare_model(model)  # DDP when world > 1
+
+    tr = cfg.train
+    train_loader = BatchLoader(*to_tensors(splits.train, device), tr.batch_size, mean=splits.mean, std=splits.std,
+                               shuffle=True, shift=cfg.data.shift, seed=tr.seed, rank=rank, world_size=world)
+    val_loader = BatchLoader(*to_tensors(splits.val, device), tr.eval_batch_size, mean=splits.mean, std=splits.std,
+                             rank=rank, world_size=world)
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    scheduler = build_scheduler(cfg.optim, optimizer, tr.epochs * len(train_loader))
+    loss_fn = build_loss(cfg.loss)
+
+    start = 0
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            state = load_checkpoint(d)
+        model_without_ddp.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["epoch"] + 1
+
+    info = data_info(splits)
+    for epoch in range(start, tr.epochs):
+        train_loader.set_epoch(epoch)
+        torch.manual_seed(tr.seed * 1_000_003 + epoch * 1009 + rank)  # dropout draws, reproducible on resume
+        t0 = time.perf_counter()
+        loss_sum, seen = train_epoch(model, train_loader, optimizer, scheduler, loss_fn, device=device,
+                                     grad_clip=cfg.optim.grad_clip)
+        train_s = time.perf_counter() - t0
+        stats = torch.stack([loss_sum, torch.tensor(float(seen), device=device)])
+        if world > 1:
+            dist.all_reduce(stats)  # (sum of losses, images) over all ranks
+        if world > 1:
+            broadcast_buffers(model_without_ddp)
+        val = evaluate(model_without_ddp, val_loader, splits.num_classes, device=device)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": stats[0].item() / stats[1].item(),
+            **{f"val_{k}": v for k, v in val.items()},
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_s": time.perf_counter() - t0,
+            "train_img_s": stats[1].item() / train_s,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(tmp, {
+                    "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch, "config": cfg.to_dict(),
+                    "metrics": metrics, "data": info,
+                })
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's BatchNorm statistics. DDP broadcasts buffers at the start of each
+    forward, so after the last step each rank holds its own; evaluating with those would score a
+    model that differs from the checkpoint (timm's distribute_bn does the same)."""
+    for buf in model.buffers():
+        if buf.is_floating_point() or buf.dtype == torch.long:
+            dist.broadcast(buf, src=0)
+
+
+class EpochPrinter(ray.train.UserCallback):
+    """One line per epoch, printed by the Train controller (its output reaches the driver)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        m = metrics[0]
+        print(f"epoch {m['epoch']}/{self.epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+              f"val_acc {m['val_acc']:.2%}  val_f1 {m['val_f1']:.4f}  {m['epoch_s']:.1f}s  "
+              f"{m['train_img_s']:,.0f} img/s", flush=True)
+
+
+def make_trainer(cfg: Config, data: Any, callbacks: list[ray.train.UserCallback] | None = None,
+                 loop: Callable[[dict[str, Any]], None] = train_loop_per_worker) -> ray.train.torch.TorchTrainer:
+    """A TorchTrainer for one config; `data` is the Splits or an ObjectRef to them."""
+    fs, path = storage.resolve(cfg.storage.path)
+    sc = cfg.scaling
+    resources: dict[str, float] = {"CPU": sc.cpus_per_worker}
+    if sc.use_gpu:
+        resources["GPU"] = sc.gpus_per_worker
+    return ray.train.torch.TorchTrainer(
+        loop,
+        train_loop_config={"config": cfg.to_dict(), "data": data},
+        scaling_config=ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
+                                               resources_per_worker=resources),
+        torch_config=ray.train.torch.TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=cfg.storage.name, storage_path=path, storage_filesystem=fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep,
+                                                         checkpoint_score_attribute=METRIC,
+                                                         checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=callbacks or [],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our epoch lines, not Ray's per-report INFO
+        ),
+    )
+
+
+# Sections and keys that may change when a run resumes: how many workers, how failures are handled.
+RESUMABLE_CHANGES = ("scaling.", "train.max_failures", "train.checkpoints_to_keep")
+
+
+def check_resume(cfg: Config) -> None:
+    """Refuse to resume an existing run under a different recipe (its checkpoints would not fit,
+    and its schedule was planned for other epochs); raises ConfigError naming the differences."""
+    fs, run_dir = storage.resolve(storage.join(cfg.storage.path, cfg.storage.name))
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
+    except OSError as e:
+        raise StorageError(f"cannot list {run_dir}: {e}") from None
+    epochs = sorted(i.base_name for i in infos
+                    if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_"))
+    if not epochs:
+        return
+    old = Config.from_dict(yaml.safe_load(storage.read_bytes(fs, f"{run_dir}/{epochs[-1]}/config.yaml")))
+    new_keys, old_keys = _flat(cfg.to_dict()), _flat(old.to_dict())
+    diff = [f"{k}: {old_keys[k]!r} -> {v!r}" for k, v in new_keys.items()
+            if v != old_keys[k] and not k.startswith(RESUMABLE_CHANGES)]
+    if diff:
+        raise ConfigError(f"run {cfg.storage.name} exists with another config ({'; '.join(diff[:4])}); "
+                          "resume it with the same config or choose a new name")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_model(cfg: Config, splits: Splits) -> None:
+    """Build the model once on the driver: bad pretrained weights fail here, not on every worker."""
+    build_model(cfg.model, splits.num_classes, splits.image_shape)
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    run_path: str  # storage URI of the run
+    best_checkpoint: str  # storage URI of the best checkpoint (by val_acc)
+    best_metrics: dict[str, Any]
+    test_metrics: dict[str, Any]
+    epochs_run: int
+
+
+def best_checkpoint(result: ray.train.Result) -> tuple[ray.train.Checkpoint, dict[str, Any]]:
+    """The reported checkpoint with the highest validation accuracy (ties: the later one)."""
+    if not result.best_checkpoints:
+        raise RuntimeError(f"run {result.path} reported no checkpoint")
+    return max(result.best_checkpoints, key=lambda cm: (cm[1][METRIC], cm[1]["epoch"]))
+
+
+def checkpoint_uri(cfg: Config, checkpoint: ray.train.Checkpoint) -> str:
+    """Storage URI of a checkpoint (Ray reports paths relative to the filesystem)."""
+    if storage.is_remote(cfg.storage.path):
+        scheme = cfg.storage.path.split("://", 1)[0]
+        return f"{scheme}://{checkpoint.path}"
+    return checkpoint.path
+
+
+def fit(cfg: Config, *, splits: Splits | None = None, verbose: bool = True) -> TrainOutcome:
+    """Train one config with Ray Train (starting from its latest checkpoint if the run exists),
+    then evaluate the best checkpoint on the test set and write `summary.json` beside the run.
+    Data, model and resume checks run before Ray is started (or joined)."""
+    from lstmclf.evaluate import evaluate_checkpoint  # local: evaluate imports matplotlib lazily
+
+    splits = splits if splits is not None else load_data(cfg)
+    check_model(cfg, splits)
+    check_resume(cfg)
+    init_ray()  # only now: bad input has failed above without cluster time
+    trainer = make_trainer(cfg, ray.put(splits), callbacks=[EpochPrinter(cfg.train.epochs)] if verbose else None)
+    result = trainer.fit()
+    ckpt, best = best_checkpoint(result)
+    uri = checkpoint_uri(cfg, ckpt)
+    test = evaluate_checkpoint(uri, splits.test)
+    run_path = storage.join(cfg.storage.path, cfg.storage.name)
+    summary = {"run": run_path, "best_checkpoint": uri, "best_epoch": best["epoch"], "best_val": best,
+               "test": {k: v for k, v in test.items() if k in ("acc", "precision", "recall", "f1", "loss")},
+               "epochs_run": result.metrics["epoch"], "config": cfg.to_dict()}
+    fs, run_dir = storage.resolve(run_path)
+    with fs.open_output_stream(f"{run_dir}/summary.json") as f:
+        f.write(json.dumps(summary, indent=2).encode())
+    return TrainOutcome(run_path, uri, best, test, result.metrics["epoch"])
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to the cluster in RAY_ADDRESS, or start a local one (dashboard on: see DESIGN.md)."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=True)

@@ -1,0 +1,67 @@
+"""Bad input through the entry scripts: one line on stderr, exit status 2, nothing written."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+from conftest import run_job
+
+from lstmclf.checkpoint import save_checkpoint
+from lstmclf.config import Config
+from lstmclf.models import build_model
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "model.lstm_layer=3"], "error: unknown config key 'model.lstm_layer' (did you mean"),
+        (["--set", "model.dropout=1.5"], "error: config value model.dropout: 1.5 is outside [0, 1)"),
+        (["--workers", "0"], "error: config value scaling.num_workers: 0 < 1"),
+        (["--config", "/nonexistent.yaml"], "error: cannot read config file /nonexistent.yaml"),
+        (["--data", "/nonexistent"], "error: dataset /nonexistent: /nonexistent does not exist"),
+        (["--set", "model.pretrained=/nonexistent.pt"], "error: pretrained weights /nonexistent.pt not found"),
+    ],
+)
+def test_train_job_rejects_bad_input_before_ray_starts(tmp_path, args, message):
+    res = run_job("train.py", "--storage", str(tmp_path / "runs"), *args, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip() == res.stderr.strip().splitlines()[-1]  # exactly one line
+    assert res.stderr.startswith(message), res.stderr
+    assert "Started a local Ray" not in res.stdout + res.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def write_checkpoint(d):
+    cfg = Config().override({"model.width": 4, "model.hidden": 8})
+    model = build_model(cfg.model, 10, (1, 28, 28))
+    save_checkpoint(d, {"model": model.state_dict(), "epoch": 0, "config": cfg.to_dict(), "metrics": {},
+                        "data": {"num_classes": 10, "image_shape": [1, 28, 28], "mean": 0.13, "std": 0.31}})
+    return model
+
+
+def test_evaluate_refuses_a_tampered_or_missing_checkpoint(tmp_path):
+    write_checkpoint(tmp_path / "good")
+    res = run_job("evaluate.py", str(tmp_path / "good"), "--out", str(tmp_path / "eval"), timeout=120)
+    assert res.returncode == 0, res.stderr  # the untampered one evaluates (random weights: ~10%)
+
+    write_checkpoint(tmp_path / "bad")
+    raw = bytearray((tmp_path / "bad" / "checkpoint.pt").read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one flipped bit inside the tensor data: still unpickles
+    (tmp_path / "bad" / "checkpoint.pt").write_bytes(bytes(raw))
+    res = run_job("evaluate.py", str(tmp_path / "bad"), "--out", str(tmp_path / "eval-bad"), timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr == f"error: checkpoint {tmp_path}/bad/checkpoint.pt does not match the sha256 in its " \
+        "manifest.json (tampered or corrupt)\n"
+    assert not (tmp_path / "eval-bad").exists()
+
+    write_checkpoint(tmp_path / "evil")
+    torch.save({"format": 1, "model": {}, "evil": print}, tmp_path / "evil" / "checkpoint.pt")  # runs code if unpickled
+    manifest = json.loads((tmp_path / "evil" / "manifest.json").read_text())
+    manifest["files"]["checkpoint.pt"] = hashlib.sha256((tmp_path / "evil" / "checkpoint.pt").read_bytes()).hexdigest()
+    (tmp_path / "evil" / "manifest.json").write_text(json.dumps(manifest))  # even with a matching hash
+    res = run_job("evaluate.py", str(tmp_path / "evil" / "checkpoint.pt"), timeout=120)
+    assert res.returncode == 2 and "is corrupt or not a checkpoint" in res.stderr and "\n" not in res.stderr[:-1]
+
+    res = run_job("evaluate.py", str(tmp_path / "nowhere"), timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("error: checkpoint") and "does not exist" in res.stderr
