@@ -14,12 +14,15 @@ def main() -> None:
     p.add_argument("checkpoint", help="checkpoint directory or checkpoint.pt (local path or URI)")
     p.add_argument("--data", help="dataset whose test files are used (default: the checkpoint's own data.path)")
     p.add_argument("--out", default="eval", help="output directory (default: ./eval)")
+    p.add_argument("--s3-endpoint", default="", help="S3-compatible endpoint URL for s3:// URIs "
+                   "(default: AWS_ENDPOINT_URL_S3, else AWS)")
     a = p.parse_args()
 
     from lstmclf.data import load_splits
     from lstmclf.evaluate import evaluate_checkpoint, write_report
 
-    report = evaluate_checkpoint(a.checkpoint, load_splits(a.data).test if a.data else None)
+    test = load_splits(a.data, endpoint=a.s3_endpoint).test if a.data else None
+    report = evaluate_checkpoint(a.checkpoint, test, endpoint=a.s3_endpoint)
     paths = write_report(report, a.out)
     print(f"acc {report['acc']:.2%}  precision {report['precision']:.4f}  recall {report['recall']:.4f}  "
           f"f1 {report['f1']:.4f}  ({report['images']} test images)")

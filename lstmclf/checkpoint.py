@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 import yaml
 
@@ -56,11 +57,40 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> None:
     os.replace(tmp, d / MANIFEST)  # written last: a directory without it is not a checkpoint
 
 
-def load_checkpoint(uri: str | Path) -> dict[str, Any]:
+def upload_checkpoint(local_dir: str | Path, fs: pafs.FileSystem, dest: str) -> None:
+    """Copy a checkpoint directory to storage with its manifest last: until the manifest is there
+    nothing loads it (`load_checkpoint`, resume checks, the registry), so a crash or an outage
+    mid-upload never leaves a half-written checkpoint that counts. Each file is retried."""
+    storage.upload_dir(local_dir, fs, dest, last=(MANIFEST,))
+
+
+def checkpoint_files(uri: str, endpoint: str = "") -> dict[str, bytes]:
+    """Every file its manifest lists (manifest.json included) -> bytes, each checked against its sha256."""
+    storage.check(uri, endpoint)
+    fs, directory = storage.resolve(uri, endpoint)
+    try:
+        raw_manifest = storage.read_bytes(fs, f"{directory}/{MANIFEST}")
+        manifest = json.loads(raw_manifest)
+        listed = manifest["files"]
+        files = {name: storage.read_bytes(fs, f"{directory}/{name}") for name in listed}
+    except StorageError as e:
+        raise CheckpointError(f"checkpoint {uri}: {e}") from None
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {uri}: {MANIFEST} is corrupt") from None
+    for name, data in files.items():
+        if sha256(data) != listed[name]:
+            raise CheckpointError(f"checkpoint {uri}: {name} does not match the sha256 in its {MANIFEST} "
+                                  "(tampered or corrupt)")
+    return {**files, MANIFEST: raw_manifest}
+
+
+def load_checkpoint(uri: str | Path, endpoint: str = "") -> dict[str, Any]:
     """Load a checkpoint (a directory holding checkpoint.pt, or the file; local or URI): its sha256
-    is checked against the manifest, then it is unpickled with weights_only=True."""
+    is checked against the manifest, then it is unpickled with weights_only=True. `endpoint` is
+    the S3 endpoint for s3:// URIs (see `lstmclf.storage.endpoint_url`)."""
     uri = str(uri)
-    fs, path = storage.resolve(uri)
+    storage.check(uri, endpoint)
+    fs, path = storage.resolve(uri, endpoint)
     directory = path.rsplit("/", 1)[0] if path.endswith(".pt") else path
     path = f"{directory}/{FILE}"
     try:

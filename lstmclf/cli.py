@@ -19,6 +19,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset directory or URI (data.path); default: the bundled MNIST sample")
     p.add_argument("--storage", help="where runs go: local directory or s3://bucket/prefix (storage.path)")
     p.add_argument("--name", help="run / experiment name under the storage path (storage.name)")
+    p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL for s3:// URIs, e.g. http://minio:9000 "
+                   "(storage.s3_endpoint; default: AWS_ENDPOINT_URL_S3, else AWS)")
     p.add_argument("--epochs", type=int, help="train.epochs")
     p.add_argument("--workers", type=int, help="DDP workers per run (scaling.num_workers)")
     p.add_argument("--cpus-per-worker", type=int, help="scaling.cpus_per_worker")
@@ -26,13 +28,16 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="train on GPUs with this many per worker (sets scaling.use_gpu)")
 
 
-def config_from_args(a: argparse.Namespace, prefix: str = "run") -> Config:
-    """Defaults <- --config file <- --set overrides <- shorthand flags; a run name is picked if none is set."""
-    flags = {"data.path": a.data, "storage.path": a.storage, "storage.name": a.name, "train.epochs": a.epochs,
+def config_from_args(a: argparse.Namespace, prefix: str = "run", preset: dict | None = None) -> Config:
+    """Defaults <- --config file <- `preset` <- --set overrides <- shorthand flags; a run name is
+    picked if none is set."""
+    flags = {"data.path": a.data, "storage.path": a.storage, "storage.name": a.name,
+             "storage.s3_endpoint": a.s3_endpoint, "train.epochs": a.epochs,
              "scaling.num_workers": a.workers, "scaling.cpus_per_worker": a.cpus_per_worker}
     if a.gpus_per_worker:
         flags |= {"scaling.use_gpu": True, "scaling.gpus_per_worker": a.gpus_per_worker}
-    cfg = load_config(a.config, a.set).override({k: v for k, v in flags.items() if v is not None})
+    preset_sets = [f"{k}={v}" for k, v in (preset or {}).items()]
+    cfg = load_config(a.config, [*preset_sets, *a.set]).override({k: v for k, v in flags.items() if v is not None})
     if not cfg.storage.name:
         cfg = cfg.override({"storage.name": f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"})
     return cfg

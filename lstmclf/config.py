@@ -8,6 +8,7 @@ artifact rebuilds its exact model.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -38,6 +39,13 @@ def _one_of(value: str, key: str, allowed: Iterable[str]) -> None:
     _require(value in allowed, key, f"{value!r} is not one of {', '.join(allowed)}")
 
 
+def _no_credentials(uri: str, key: str) -> None:
+    """Refuse `scheme://user:secret@host/...`: configs are saved next to every artifact."""
+    _require("@" not in uri.partition("://")[2].split("/", 1)[0], key,
+             "must not hold credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an "
+             "instance role supply them)")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     # "sample": the MNIST sample bundled in the package (no network, no ../shared);
@@ -52,6 +60,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.path), "data.path", "must not be empty")
+        _no_credentials(self.path, "data.path")
         _require(self.num_classes == 0 or self.num_classes >= 2, "data.num_classes",
                  f"{self.num_classes} must be 0 (infer) or >= 2")
         _require(0.0 < self.val_fraction < 1.0, "data.val_fraction",
@@ -158,11 +167,49 @@ class ScalingConfig:
 class StorageConfig:
     path: str = "runs"  # local directory or s3://bucket/prefix: experiments and checkpoints
     name: str = ""  # run (experiment) name under path; "" = the job picks one from the time
+    # S3-compatible endpoint (MinIO, SeaweedFS...), e.g. http://minio:9000, for every s3:// URI here and
+    # in data.path; "" = AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS. Credentials never go in the
+    # config: AWS's chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance role) supplies them.
+    s3_endpoint: str = ""
+    registry: str = "registry"  # model registry: local directory or s3://bucket/prefix
 
     def __post_init__(self) -> None:
         _require(bool(self.path), "storage.path", "must not be empty")
         _require("/" not in self.name and self.name not in (".", ".."), "storage.name",
                  f"{self.name!r} must be a single path component")
+        _require(bool(self.registry), "storage.registry", "must not be empty")
+        for key in ("path", "s3_endpoint", "registry"):
+            _no_credentials(getattr(self, key), f"storage.{key}")
+
+
+# The preset search space (lstmclf.space documents the forms): depth, dropout, optimizer, loss, lr.
+PRESET_SPACE: dict[str, Any] = {
+    "model.lstm_layers": {"randint": [1, 5]},  # 1-4 layers (Tune's randint excludes the upper bound)
+    "model.dropout": {"uniform": [0.0, 0.5]},
+    "optim.name": {"choice": ["adam", "nadam", "adamw", "sgd"]},
+    "optim.lr": {"loguniform": [1.0e-3, 1.0e-2]},
+    "loss.name": {"choice": ["cross_entropy", "label_smoothing", "focal"]},
+}
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    num_samples: int = 8  # trials drawn from the space (times each grid combination)
+    max_concurrent: int = 0  # 0 = as many trials as the cluster's CPUs / GPUs hold at once
+    scheduler: str = "asha"  # asha (early stopping) | fifo (every trial runs all epochs)
+    grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = 2  # ASHA: 1 / reduction_factor of the trials go on at each rung
+    search: str = "random"  # random (seeded, sampled up front) | optuna (TPE; needs the [tune] extra)
+    seed: int = 0  # seed of the sampling
+    space: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(PRESET_SPACE))  # key -> distribution
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.num_samples <= 10_000, "tune.num_samples", f"{self.num_samples} is outside [1, 10000]")
+        _require(self.max_concurrent >= 0, "tune.max_concurrent", f"{self.max_concurrent} < 0")
+        _one_of(self.scheduler, "tune.scheduler", ("asha", "fifo"))
+        _one_of(self.search, "tune.search", ("random", "optuna"))
+        _require(self.grace_period >= 1, "tune.grace_period", f"{self.grace_period} < 1")
+        _require(self.reduction_factor >= 2, "tune.reduction_factor", f"{self.reduction_factor} < 2")
 
 
 @dataclass(frozen=True)
@@ -174,6 +221,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)  # read by jobs/tune.py only
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> Config:
@@ -194,6 +242,19 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+# Keys that may change when a run or experiment resumes: how many workers, how failures are handled,
+# where the S3 endpoint and the registry are. Anything else would not fit the checkpoints or schedule.
+RESUMABLE_CHANGES = ("scaling.", "train.max_failures", "train.checkpoints_to_keep", "storage.s3_endpoint",
+                     "storage.registry")
+
+
+def resume_conflicts(old: Config, new: Config) -> list[str]:
+    """`key: old -> new` for every difference that forbids resuming `old`'s run under `new`."""
+    a, b = old.to_dict(), new.to_dict()
+    return [f"{s}.{k}: {a[s][k]!r} -> {v!r}" for s in b for k, v in b[s].items()
+            if v != a[s][k] and not f"{s}.{k}".startswith(RESUMABLE_CHANGES)]
+
+
 def dotted_keys(cls: type = Config, prefix: str = "") -> dict[str, type]:
     """Every leaf key of the config as `section.field` -> its type (search spaces check against it)."""
     out: dict[str, type] = {}
@@ -207,6 +268,13 @@ def dotted_keys(cls: type = Config, prefix: str = "") -> dict[str, type]:
 
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    if key.startswith("tune.space."):  # the space's own keys are dotted: tune.space.model.hidden={choice: [..]}
+        # Adds to (or replaces one entry of) the space in force, the preset unless a file gave one.
+        space = d.setdefault("tune", {}).setdefault("space", copy.deepcopy(PRESET_SPACE))
+        if not isinstance(space, dict):
+            raise ConfigError("config key tune.space is a value, not a section")
+        space[key.removeprefix("tune.space.")] = value
+        return
     *parents, leaf = key.split(".")
     node = d
     for i, part in enumerate(parents):
@@ -244,7 +312,7 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
 
 def _coerce(value: Any, tp: type, key: str) -> Any:
     """Accept a value of the field's type; strings from the command line are parsed."""
-    bad = ConfigError(f"config value {key}: expected {tp.__name__}, got {value!r}")
+    bad = ConfigError(f"config value {key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -283,7 +351,11 @@ def _coerce(value: Any, tp: type, key: str) -> Any:
         if isinstance(value, str):
             return value
         raise bad
-    raise ConfigError(f"config value {key}: unsupported field type {tp!r}")
+    if typing.get_origin(tp) is dict:
+        if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+            return copy.deepcopy(dict(value))
+        raise ConfigError(f"config value {key}: expected a mapping, got {value!r}")
+    raise ConfigError(f"config value {key}: unsupported field type {tp!r}")  # pragma: no cover
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

@@ -23,3 +23,7 @@ class CheckpointError(LstmclfError, ValueError):
 
 class StorageError(LstmclfError, OSError):
     """Object storage cannot be reached, the bucket is missing or credentials are absent."""
+
+
+class RegistryError(LstmclfError, ValueError):
+    """An unknown model or version, a version that already exists, or a lost promotion race."""

@@ -16,14 +16,14 @@ from lstmclf.errors import DataError
 
 
 def evaluate_checkpoint(uri: str, test: Split | None = None, *, device: torch.device | None = None,
-                        batch_size: int = 1024) -> dict[str, Any]:
+                        batch_size: int = 1024, endpoint: str = "") -> dict[str, Any]:
     """Metrics of a checkpoint on a test split (default: the test files of the checkpoint's own
-    dataset), with the checkpoint's own normalisation."""
+    dataset), with the checkpoint's own normalisation; `endpoint`: the S3 endpoint of s3:// URIs."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    state = load_checkpoint(uri)
+    state = load_checkpoint(uri, endpoint)
     model, cfg = model_from_checkpoint(state)
     if test is None:
-        test = load_splits(cfg.data.path, num_classes=state["data"]["num_classes"]).test
+        test = load_splits(cfg.data.path, num_classes=state["data"]["num_classes"], endpoint=endpoint).test
     info = state["data"]
     if [1, *test.images.shape[1:]] != list(info["image_shape"]):
         raise DataError(f"test images are {list(test.images.shape[1:])}, the checkpoint's model takes "

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,9 +26,9 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from lstmclf import storage
-from lstmclf.checkpoint import load_checkpoint, save_checkpoint
-from lstmclf.config import Config
+from lstmclf import records, storage
+from lstmclf.checkpoint import MANIFEST, load_checkpoint, save_checkpoint, upload_checkpoint
+from lstmclf.config import Config, resume_conflicts
 from lstmclf.data import BatchLoader, Splits, load_splits, to_tensors
 from lstmclf.engine import build_loss, build_optimizer, build_scheduler, evaluate, train_epoch
 from lstmclf.errors import ConfigError, StorageError
@@ -39,7 +41,7 @@ def load_data(cfg: Config) -> Splits:
     """Read, validate and split the configured dataset (raises DataError with one clear line)."""
     d = cfg.data
     return load_splits(d.path, num_classes=d.num_classes, val_fraction=d.val_fraction, limit_train=d.limit_train,
-                       limit_test=d.limit_test, seed=d.seed)
+                       limit_test=d.limit_test, seed=d.seed, endpoint=cfg.storage.s3_endpoint)
 
 
 def data_info(splits: Splits) -> dict[str, Any]:
@@ -105,6 +107,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_s": time.perf_counter() - t0,
             "train_img_s": stats[1].item() / train_s,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this worker's peak
         }
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -115,7 +118,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     "metrics": metrics, "data": info,
                 })
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
+                             checkpoint_upload_fn=upload_to_run)
+
+
+def upload_to_run(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+    """Ray's `checkpoint_upload_fn`: files first, manifest.json last, each retried on transient
+    storage errors (Ray's own copy has no order, so an outage could leave a manifest beside half
+    the files; ray#47939 is the run that dies of one S3 hiccup)."""
+    st = ray.train.get_context().get_storage()
+    dest = st.build_checkpoint_path_from_name(dir_name)
+    upload_checkpoint(checkpoint.path, st.storage_filesystem, dest)
+    return ray.train.Checkpoint(path=dest, filesystem=st.storage_filesystem)
 
 
 def broadcast_buffers(model: torch.nn.Module) -> None:
@@ -125,6 +139,24 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
     for buf in model.buffers():
         if buf.is_floating_point() or buf.dtype == torch.long:
             dist.broadcast(buf, src=0)
+
+
+class EpochRecorder(ray.train.UserCallback):
+    """Adds each reported epoch to the experiment's Parquet metrics table (`lstmclf.records`); runs
+    on the Train controller. A row that still fails after its retries is reported, not raised:
+    losing one row must not stop a run (every checkpoint keeps its metrics.json too)."""
+
+    def __init__(self, table_uri: str, trial_id: str, config: dict[str, Any], endpoint: str = "") -> None:
+        self.table_uri, self.trial_id, self.config = table_uri, trial_id, config
+        self.endpoint = storage.endpoint_url(endpoint)  # resolved here: the controller may not share our env
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        m = metrics[0]  # rank 0's
+        try:
+            records.write_record(self.table_uri, self.trial_id, m["epoch"], self.config, m, endpoint=self.endpoint)
+        except StorageError as e:
+            print(f"warning: epoch {m['epoch']} of {self.trial_id} is missing from {self.table_uri}: {e}",
+                  file=sys.stderr, flush=True)
 
 
 class EpochPrinter(ray.train.UserCallback):
@@ -143,7 +175,7 @@ class EpochPrinter(ray.train.UserCallback):
 def make_trainer(cfg: Config, data: Any, callbacks: list[ray.train.UserCallback] | None = None,
                  loop: Callable[[dict[str, Any]], None] = train_loop_per_worker) -> ray.train.torch.TorchTrainer:
     """A TorchTrainer for one config; `data` is the Splits or an ObjectRef to them."""
-    fs, path = storage.resolve(cfg.storage.path)
+    fs, path = storage.resolve(cfg.storage.path, cfg.storage.s3_endpoint)
     sc = cfg.scaling
     resources: dict[str, float] = {"CPU": sc.cpus_per_worker}
     if sc.use_gpu:
@@ -166,36 +198,26 @@ def make_trainer(cfg: Config, data: Any, callbacks: list[ray.train.UserCallback]
     )
 
 
-# Sections and keys that may change when a run resumes: how many workers, how failures are handled.
-RESUMABLE_CHANGES = ("scaling.", "train.max_failures", "train.checkpoints_to_keep")
-
-
 def check_resume(cfg: Config) -> None:
     """Refuse to resume an existing run under a different recipe (its checkpoints would not fit,
     and its schedule was planned for other epochs); raises ConfigError naming the differences."""
-    fs, run_dir = storage.resolve(storage.join(cfg.storage.path, cfg.storage.name))
+    fs, run_dir = storage.resolve(storage.join(cfg.storage.path, cfg.storage.name), cfg.storage.s3_endpoint)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
+        infos = storage.retry(lambda: fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True)),
+                              f"listing {run_dir}")
     except OSError as e:
-        raise StorageError(f"cannot list {run_dir}: {e}") from None
+        raise StorageError(f"cannot list {run_dir}: {storage.redact(str(e))}") from None
     epochs = sorted(i.base_name for i in infos
                     if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_"))
-    if not epochs:
+    # The latest complete checkpoint: one without its manifest was cut off mid-upload and does not count.
+    done = [e for e in epochs if fs.get_file_info(f"{run_dir}/{e}/{MANIFEST}").type == pafs.FileType.File]
+    if not done:
         return
-    old = Config.from_dict(yaml.safe_load(storage.read_bytes(fs, f"{run_dir}/{epochs[-1]}/config.yaml")))
-    new_keys, old_keys = _flat(cfg.to_dict()), _flat(old.to_dict())
-    diff = [f"{k}: {old_keys[k]!r} -> {v!r}" for k, v in new_keys.items()
-            if v != old_keys[k] and not k.startswith(RESUMABLE_CHANGES)]
+    old = Config.from_dict(yaml.safe_load(storage.read_bytes(fs, f"{run_dir}/{done[-1]}/config.yaml")))
+    diff = resume_conflicts(old, cfg)
     if diff:
         raise ConfigError(f"run {cfg.storage.name} exists with another config ({'; '.join(diff[:4])}); "
                           "resume it with the same config or choose a new name")
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def check_model(cfg: Config, splits: Splits) -> None:
@@ -219,36 +241,32 @@ def best_checkpoint(result: ray.train.Result) -> tuple[ray.train.Checkpoint, dic
     return max(result.best_checkpoints, key=lambda cm: (cm[1][METRIC], cm[1]["epoch"]))
 
 
-def checkpoint_uri(cfg: Config, checkpoint: ray.train.Checkpoint) -> str:
-    """Storage URI of a checkpoint (Ray reports paths relative to the filesystem)."""
-    if storage.is_remote(cfg.storage.path):
-        scheme = cfg.storage.path.split("://", 1)[0]
-        return f"{scheme}://{checkpoint.path}"
-    return checkpoint.path
-
-
 def fit(cfg: Config, *, splits: Splits | None = None, verbose: bool = True) -> TrainOutcome:
     """Train one config with Ray Train (starting from its latest checkpoint if the run exists),
     then evaluate the best checkpoint on the test set and write `summary.json` beside the run.
     Data, model and resume checks run before Ray is started (or joined)."""
     from lstmclf.evaluate import evaluate_checkpoint  # local: evaluate imports matplotlib lazily
 
+    endpoint = cfg.storage.s3_endpoint
     splits = splits if splits is not None else load_data(cfg)
     check_model(cfg, splits)
+    storage.check(cfg.storage.path, endpoint)  # no credentials, bad endpoint, missing bucket: one line
     check_resume(cfg)
     init_ray()  # only now: bad input has failed above without cluster time
-    trainer = make_trainer(cfg, ray.put(splits), callbacks=[EpochPrinter(cfg.train.epochs)] if verbose else None)
+    run_path = storage.join(cfg.storage.path, cfg.storage.name)
+    callbacks: list[ray.train.UserCallback] = [
+        EpochRecorder(storage.join(run_path, "metrics"), cfg.storage.name, cfg.to_dict(), endpoint)]
+    if verbose:
+        callbacks.append(EpochPrinter(cfg.train.epochs))
+    trainer = make_trainer(cfg, ray.put(splits), callbacks=callbacks)
     result = trainer.fit()
     ckpt, best = best_checkpoint(result)
-    uri = checkpoint_uri(cfg, ckpt)
-    test = evaluate_checkpoint(uri, splits.test)
-    run_path = storage.join(cfg.storage.path, cfg.storage.name)
+    uri = storage.to_uri(cfg.storage.path, ckpt.path)
+    test = evaluate_checkpoint(uri, splits.test, endpoint=endpoint)
     summary = {"run": run_path, "best_checkpoint": uri, "best_epoch": best["epoch"], "best_val": best,
                "test": {k: v for k, v in test.items() if k in ("acc", "precision", "recall", "f1", "loss")},
                "epochs_run": result.metrics["epoch"], "config": cfg.to_dict()}
-    fs, run_dir = storage.resolve(run_path)
-    with fs.open_output_stream(f"{run_dir}/summary.json") as f:
-        f.write(json.dumps(summary, indent=2).encode())
+    storage.write_bytes(storage.join(run_path, "summary.json"), json.dumps(summary, indent=2).encode(), endpoint)
     return TrainOutcome(run_path, uri, best, test, result.metrics["epoch"])
 
 

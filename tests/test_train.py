@@ -11,6 +11,7 @@ import ray.train
 import torch
 from conftest import run_job
 
+from lstmclf import records
 from lstmclf import train as lstm_train
 from lstmclf.checkpoint import load_checkpoint, model_from_checkpoint
 from lstmclf.config import Config
@@ -50,6 +51,8 @@ def test_ddp_run_learns(trained):
     assert out.epochs_run == 2
     summary = json.loads((cfg_run_dir(cfg) / "summary.json").read_text())
     assert summary["best_checkpoint"] == out.best_checkpoint and summary["test"]["acc"] == out.test_metrics["acc"]
+    table = records.read_metrics(str(cfg_run_dir(cfg) / "metrics"))  # the run's Parquet metrics table
+    assert table["epoch"].to_pylist() == [1, 2] and table["val_acc"].to_pylist() == [m["val_acc"] for m in history]
 
 
 def cfg_run_dir(cfg):

@@ -1,10 +1,19 @@
 """MNIST-format data: IDX reading and validation, stratified splits, in-memory batch loading."""
 
-from lstmclf.data.dataset import SAMPLE, Split, Splits, build_splits, load_splits, read_arrays, sample_dir
+from lstmclf.data.dataset import (
+    SAMPLE,
+    Split,
+    Splits,
+    build_splits,
+    load_splits,
+    prepare_dataset,
+    read_arrays,
+    sample_dir,
+)
 from lstmclf.data.idx import encode_idx, parse_idx
 from lstmclf.data.loader import BatchLoader, random_shift, to_tensors
 
 __all__ = [
     "SAMPLE", "BatchLoader", "Split", "Splits", "build_splits", "encode_idx", "load_splits", "parse_idx",
-    "random_shift", "read_arrays", "sample_dir", "to_tensors",
+    "prepare_dataset", "random_shift", "read_arrays", "sample_dir", "to_tensors",
 ]

@@ -6,9 +6,12 @@ of the training files, so every run of the same config sees the same split.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +20,7 @@ from lstmclf.data.idx import parse_idx
 from lstmclf.errors import DataError, StorageError
 
 SAMPLE = "sample"  # data.path value that selects the sample bundled in the package
+MANIFEST = "manifest.json"  # beside prepared data (jobs/prepare_data.py): counts, shapes, sha256 of each file
 
 # Role -> file-name pattern. A prefix is allowed (EMNIST: "emnist-digits-train-images-idx3-ubyte"),
 # as is the dotted variant some mirrors use ("train-images.idx3-ubyte").
@@ -56,13 +60,15 @@ def sample_dir() -> str:
     return str(resources.files("lstmclf.data") / "sample")
 
 
-def locate(uri: str) -> dict[str, str]:
-    """Find the four IDX files under a directory or prefix -> role: full path."""
-    fs, root = storage.resolve(sample_dir() if uri == SAMPLE else uri)
+def _listing(uri: str, endpoint: str) -> tuple[Any, str, list[str]]:
+    fs, root = storage.resolve(sample_dir() if uri == SAMPLE else uri, endpoint)
     try:
-        names = storage.list_files(fs, root)
+        return fs, root, storage.list_files(fs, root)
     except StorageError as e:
         raise DataError(f"dataset {uri}: {e}") from None
+
+
+def _match(uri: str, root: str, names: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for role, pattern in FILES.items():
         hits = [n for n in names if re.fullmatch(rf"(.*-)?{pattern}", n)]
@@ -75,15 +81,34 @@ def locate(uri: str) -> dict[str, str]:
     return found
 
 
-def read_arrays(uri: str) -> dict[str, np.ndarray]:
-    """Read and validate the four files; returns role -> array. Errors name the file."""
-    fs, _ = storage.resolve(sample_dir() if uri == SAMPLE else uri)
+def locate(uri: str, endpoint: str = "") -> dict[str, str]:
+    """Find the four IDX files under a directory or prefix -> role: full path."""
+    _, root, names = _listing(uri, endpoint)
+    return _match(uri, root, names)
+
+
+def read_files(uri: str, endpoint: str = "") -> dict[str, tuple[str, bytes, np.ndarray]]:
+    """Read and validate the four files -> role: (file name, raw bytes, array). Errors name the file.
+
+    Where a `manifest.json` lies beside them (prepared data), each file must match its sha256 and
+    shape there: a corrupt or replaced object is refused before it is parsed."""
+    storage.check(uri, endpoint)  # s3://: one clear line for no credentials, endpoint or bucket
+    fs, root, names = _listing(uri, endpoint)
+    manifest = _read_manifest(fs, root, uri) if MANIFEST in names else None
     out = {}
-    for role, path in locate(uri).items():
+    for role, path in _match(uri, root, names).items():
         try:
             raw = storage.read_bytes(fs, path)
         except StorageError as e:
             raise DataError(f"dataset {uri}: {e}") from None
+        name = path.rsplit("/", 1)[1]
+        entry = manifest["files"].get(name) if manifest else None
+        if manifest is not None:
+            if not isinstance(entry, dict):
+                raise DataError(f"dataset {uri}: {MANIFEST} does not list {name}")
+            if hashlib.sha256(raw).hexdigest() != entry.get("sha256"):
+                raise DataError(f"dataset {uri}: {name} does not match the sha256 in its {MANIFEST} "
+                                "(corrupt or replaced)")
         arr = parse_idx(raw, path)
         want_ndim = 3 if role.endswith("images") else 1
         if arr.dtype != np.uint8:
@@ -92,17 +117,73 @@ def read_arrays(uri: str) -> dict[str, np.ndarray]:
             raise DataError(f"{path}: {arr.ndim} dimensions {list(arr.shape)}, expected {want_ndim}")
         if len(arr) == 0:
             raise DataError(f"{path}: holds no items")
-        out[role] = arr
+        if entry is not None and entry.get("shape") != list(arr.shape):
+            raise DataError(f"dataset {uri}: {name} has shape {list(arr.shape)}, "
+                            f"its {MANIFEST} says {entry.get('shape')}")
+        out[role] = (name, raw, arr)
     for part in ("train", "test"):
-        n_img, n_lab = len(out[f"{part}_images"]), len(out[f"{part}_labels"])
+        n_img, n_lab = len(out[f"{part}_images"][2]), len(out[f"{part}_labels"][2])
         if n_img != n_lab:
             raise DataError(f"dataset {uri}: {n_img} {part} images but {n_lab} {part} labels")
-    if out["train_images"].shape[1:] != out["test_images"].shape[1:]:
-        raise DataError(f"dataset {uri}: train images are {out['train_images'].shape[1:]} "
-                        f"but test images are {out['test_images'].shape[1:]}")
-    if min(out["train_images"].shape[1:]) < 8:
-        raise DataError(f"dataset {uri}: images of {out['train_images'].shape[1:]} are smaller than 8x8")
+    train_shape, test_shape = out["train_images"][2].shape[1:], out["test_images"][2].shape[1:]
+    if train_shape != test_shape:
+        raise DataError(f"dataset {uri}: train images are {train_shape} but test images are {test_shape}")
+    if min(train_shape) < 8:
+        raise DataError(f"dataset {uri}: images of {train_shape} are smaller than 8x8")
     return out
+
+
+def read_arrays(uri: str, endpoint: str = "") -> dict[str, np.ndarray]:
+    """Read and validate the four files; returns role -> array. Errors name the file."""
+    return {role: arr for role, (_, _, arr) in read_files(uri, endpoint).items()}
+
+
+def _read_manifest(fs: Any, root: str, uri: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(storage.read_bytes(fs, f"{root}/{MANIFEST}"))
+    except StorageError as e:
+        raise DataError(f"dataset {uri}: {e}") from None
+    except ValueError:
+        raise DataError(f"dataset {uri}: {MANIFEST} is not valid JSON") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise DataError(f"dataset {uri}: {MANIFEST} has no 'files' mapping")
+    return manifest
+
+
+def prepare_dataset(src: str, dest: str, *, endpoint: str = "", num_classes: int = 0,
+                    force: bool = False) -> tuple[dict[str, Any], bool]:
+    """Validate the four IDX files at `src` and copy them, as they are, to `dest` (a directory or
+    s3:// prefix) with a manifest of counts, shapes and sha256 per file, written last.
+
+    Returns (manifest, uploaded); a `dest` already holding the same files is left as it is, one
+    holding other data is refused unless `force`."""
+    files = read_files(src, endpoint)
+    labels = files["train_labels"][2]
+    n_cls = num_classes or int(labels.max()) + 1
+    check_labels(labels, n_cls, f"{src} train labels")
+    check_labels(files["test_labels"][2], n_cls, f"{src} test labels")
+    manifest = {
+        "format": 1, "num_classes": n_cls, "image_shape": list(files["train_images"][2].shape[1:]),
+        "counts": {part: len(files[f"{part}_labels"][2]) for part in ("train", "test")},
+        "files": {name: {"role": role, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw),
+                         "shape": list(arr.shape)} for role, (name, raw, arr) in files.items()},
+    }
+    storage.check(dest, endpoint)
+    fs, root = storage.resolve(dest, endpoint)
+    try:
+        old = json.loads(storage.read_bytes(fs, f"{root}/{MANIFEST}"))
+    except StorageError:
+        old = None  # nothing prepared there yet
+    except ValueError:
+        old = {}
+    if old is not None and not force:
+        if isinstance(old, dict) and old.get("files") == manifest["files"]:
+            return old, False
+        raise DataError(f"{dest} already holds another dataset ({MANIFEST}); choose another destination or --force")
+    for _role, (name, raw, _arr) in files.items():
+        storage.write_file(fs, f"{root}/{name}", raw)
+    storage.write_file(fs, f"{root}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+    return manifest, True
 
 
 def check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
@@ -158,7 +239,8 @@ def build_splits(arrays: dict[str, np.ndarray], *, num_classes: int = 0, val_fra
 
 
 def load_splits(uri: str = SAMPLE, *, num_classes: int = 0, val_fraction: float = 0.1, limit_train: int = 0,
-                limit_test: int = 0, seed: int = 0) -> Splits:
-    """Read, validate and split an MNIST-format dataset from a directory, URI or the bundled sample."""
-    return build_splits(read_arrays(uri), num_classes=num_classes, val_fraction=val_fraction,
+                limit_test: int = 0, seed: int = 0, endpoint: str = "") -> Splits:
+    """Read, validate and split an MNIST-format dataset from a directory, URI or the bundled sample
+    (`endpoint`: the S3 endpoint for s3:// URIs, see `lstmclf.storage.endpoint_url`)."""
+    return build_splits(read_arrays(uri, endpoint), num_classes=num_classes, val_fraction=val_fraction,
                         limit_train=limit_train, limit_test=limit_test, seed=seed, name=f"dataset {uri}")

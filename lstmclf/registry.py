@@ -1,0 +1,295 @@
+"""Model registry on object storage (or a local directory): immutable versions and a champion pointer.
+
+Layout under the registry URI, per model name:
+
+    {name}/versions/000003/.claim          written first, create-only: no two registrations share a number
+    {name}/versions/000003/checkpoint.pt   the checkpoint's files, copied (create-only) after their sha256
+    {name}/versions/000003/config.yaml     was checked against the checkpoint's own manifest
+    {name}/versions/000003/...
+    {name}/versions/000003/version.json    written last: config, metrics, source, sha256 and size of each file
+    {name}/champion.json                   the champion pointer, replaced only by a conditional write
+
+A version without version.json is incomplete and invisible. On S3 the conditional writes are S3's
+own (`IfNoneMatch="*"`: create only; `IfMatch=<etag>`: replace only what was read; else 412); a
+local directory does the same under flock(2). Loading checks every file against version.json.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import re
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lstmclf import storage
+from lstmclf.checkpoint import checkpoint_files, load_checkpoint, model_from_checkpoint, sha256
+from lstmclf.config import Config
+from lstmclf.errors import CheckpointError, RegistryError, StorageError
+from lstmclf.models import Classifier
+
+FORMAT = 1
+VERSION_FILE = "version.json"
+CHAMPION_FILE = "champion.json"
+CLAIM_FILE = ".claim"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class _Precondition(Exception):
+    """A conditional write lost: the object exists (create-only) or changed (if-match)."""
+
+
+class _S3Store:
+    """Objects under s3://bucket/prefix through boto3 (which retries throttling, 5xx and timeouts)."""
+
+    def __init__(self, uri: str, endpoint: str) -> None:
+        self.uri = uri
+        self.bucket, self.prefix = storage.split_s3(uri)
+        self.client = storage.s3_client(endpoint)
+
+    def _key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def _fail(self, e: Exception, what: str) -> StorageError:
+        code = getattr(e, "response", {}).get("Error", {}).get("Code") or type(e).__name__
+        return StorageError(f"registry {self.uri}: cannot {what} ({storage.redact(str(code))})")
+
+    def get(self, rel: str) -> tuple[bytes, str] | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            r = self.client.get_object(Bucket=self.bucket, Key=self._key(rel))
+            return r["Body"].read(), r["ETag"]
+        except ClientError as e:
+            if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise self._fail(e, f"read {rel}") from None
+        except BotoCoreError as e:
+            raise self._fail(e, f"read {rel}") from None
+
+    def put(self, rel: str, data: bytes, *, create_only: bool = False, if_match: str | None = None) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        cond = {"IfNoneMatch": "*"} if create_only else {"IfMatch": if_match} if if_match else {}
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data, **cond)["ETag"]
+        except ClientError as e:
+            # 412: the condition failed; 409: another conditional write to the key was in flight.
+            if cond and e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                now = self.get(rel)
+                if now is not None and now[0] == data:  # our own earlier attempt, retried after a lost reply
+                    return now[1]
+                raise _Precondition(rel) from None
+            raise self._fail(e, f"write {rel}") from None
+        except BotoCoreError as e:
+            raise self._fail(e, f"write {rel}") from None
+
+    def list(self, rel_prefix: str) -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        base = self._key("")
+        keys = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                               Prefix=self._key(rel_prefix)):
+                keys += [o["Key"].removeprefix(base) for o in page.get("Contents", [])]
+        except (ClientError, BotoCoreError) as e:
+            raise self._fail(e, f"list {rel_prefix or '/'}") from None
+        return sorted(keys)
+
+
+class _LocalStore:
+    """The same operations on a local directory; one flock(2) makes the conditional writes atomic
+    between threads and processes of this machine."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(storage.resolve(root)[1])
+
+    @staticmethod
+    def _etag(data: bytes) -> str:
+        return f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+
+    def get(self, rel: str) -> tuple[bytes, str] | None:
+        try:
+            data = (self.root / rel).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, self._etag(data)
+
+    def put(self, rel: str, data: bytes, *, create_only: bool = False, if_match: str | None = None) -> str:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            now = self.get(rel)
+            if (create_only and now is not None) or (if_match and (now is None or now[1] != if_match)):
+                raise _Precondition(rel)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return self._etag(data)
+
+    def list(self, rel_prefix: str) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        return sorted(k for k in keys if k.startswith(rel_prefix) and k != ".lock" and ".tmp-" not in k)
+
+
+class Registry:
+    """Versions and champions of named models under a local directory or s3://bucket/prefix."""
+
+    def __init__(self, uri: str = "registry", endpoint: str = "") -> None:
+        self.uri, self.endpoint = uri, endpoint
+        self._backend: _S3Store | _LocalStore | None = None
+
+    @property
+    def _store(self) -> _S3Store | _LocalStore:
+        if self._backend is None:
+            if self.uri.startswith("s3://"):
+                storage.check(self.uri, self.endpoint)  # no credentials, bad endpoint or bucket: one line
+                self._backend = _S3Store(self.uri, self.endpoint)
+            elif storage.is_remote(self.uri):
+                raise RegistryError(f"registry {self.uri}: only local directories and s3:// are supported")
+            else:
+                self._backend = _LocalStore(self.uri)
+        return self._backend
+
+    def register(self, checkpoint_uri: str, name: str, *, source: str = "",
+                 checkpoint_endpoint: str | None = None) -> int:
+        """Copy a checkpoint (its files verified against its manifest first) into a new, immutable
+        version of `name`; returns the version number. `source` names the experiment it came from
+        (default: the checkpoint's parent directory)."""
+        _check_name(name)
+        checkpoint_uri = checkpoint_uri.rstrip("/").removesuffix("/checkpoint.pt")
+        if not storage.is_remote(checkpoint_uri):
+            checkpoint_uri = storage.resolve(checkpoint_uri)[1]
+        files = checkpoint_files(checkpoint_uri, self.endpoint if checkpoint_endpoint is None else checkpoint_endpoint)
+        try:
+            config = yaml.safe_load(files["config.yaml"])
+            metrics = json.loads(files["metrics.json"])
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {checkpoint_uri} has no readable config.yaml / metrics.json") from e
+        version = self._claim(name)
+        where = f"{name}/versions/{version:06d}"
+        for fname, data in files.items():
+            self._put_new(f"{where}/{fname}", data)
+        experiment = source or checkpoint_uri.rsplit("/", 1)[0]
+        manifest = {
+            "format": FORMAT, "name": name, "version": version, "created": _now(),
+            "source": {"checkpoint": checkpoint_uri, "experiment": experiment},
+            "config": config, "metrics": metrics,
+            "files": {fname: {"sha256": sha256(data), "bytes": len(data)} for fname, data in sorted(files.items())},
+        }
+        self._put_new(f"{where}/{VERSION_FILE}", json.dumps(manifest, indent=2).encode())
+        return version
+
+    def names(self) -> list[str]:
+        """Models with at least one complete version."""
+        return sorted({k.split("/", 1)[0] for k in self._store.list("") if k.endswith(f"/{VERSION_FILE}")})
+
+    def versions(self, name: str) -> list[int]:
+        """Complete versions of `name`, oldest first."""
+        _check_name(name)
+        return sorted(int(k.split("/")[2]) for k in self._store.list(f"{name}/versions/")
+                      if k.endswith(f"/{VERSION_FILE}"))
+
+    def show(self, name: str, version: int | str = "champion") -> dict[str, Any]:
+        """The manifest of one version (config, metrics, source, files), `champion` the pointer's."""
+        v = self._number(name, version)
+        got = self._store.get(f"{name}/versions/{v:06d}/{VERSION_FILE}")
+        if got is None:
+            raise RegistryError(f"registry {self.uri}: {name} has no version {v} (versions: {self._listing(name)})")
+        return json.loads(got[0])
+
+    def champion(self, name: str) -> tuple[int, str] | None:
+        """(version, etag) of the champion pointer, or None; pass the etag to `promote` as `expected`."""
+        _check_name(name)
+        got = self._store.get(f"{name}/{CHAMPION_FILE}")
+        return None if got is None else (int(json.loads(got[0])["version"]), got[1])
+
+    def promote(self, name: str, version: int | str, expected: str | None = None) -> str:
+        """Make `version` the champion, provided the pointer is still what the caller read: `expected`
+        is the etag from `champion()`, None when there was no champion. Of two concurrent promotions
+        from the same reading exactly one wins; the other raises RegistryError. Returns the new etag."""
+        v = self._number(name, version)
+        if v not in self.versions(name):
+            raise RegistryError(f"registry {self.uri}: {name} has no version {v} (versions: {self._listing(name)})")
+        pointer = {"version": v, "promoted_at": _now(), "by": f"{socket.gethostname()}:{os.getpid()}",
+                   "nonce": uuid.uuid4().hex}  # distinct bytes, so distinct etags, for every promotion
+        try:
+            return self._store.put(f"{name}/{CHAMPION_FILE}", json.dumps(pointer).encode(),
+                                   create_only=expected is None, if_match=expected)
+        except _Precondition:
+            now = self.champion(name)
+            raise RegistryError(f"registry {self.uri}: the champion of {name} changed since it was read (now "
+                                f"{'version ' + str(now[0]) if now else 'none'}); read it again and retry") from None
+
+    def load(self, name: str, version: int | str = "champion") -> tuple[Classifier, Config, dict[str, Any]]:
+        """(model in eval mode on CPU, its config, the checkpoint state) of a version; every file is
+        checked against version.json, and the weights are unpickled with weights_only=True."""
+        manifest = self.show(name, version)
+        v = manifest["version"]
+        with tempfile.TemporaryDirectory() as tmp:
+            for fname, entry in manifest["files"].items():
+                got = self._store.get(f"{name}/versions/{v:06d}/{fname}")
+                if got is None:
+                    raise CheckpointError(f"registry {self.uri}: {name} version {v} lacks {fname}")
+                if sha256(got[0]) != entry["sha256"]:
+                    raise CheckpointError(f"registry {self.uri}: {name} version {v}: {fname} does not match the "
+                                          f"sha256 in its {VERSION_FILE} (tampered or corrupt); refusing to load")
+                (Path(tmp) / fname).write_bytes(got[0])
+            state = load_checkpoint(tmp)
+        model, cfg = model_from_checkpoint(state)
+        return model, cfg, state
+
+    def _claim(self, name: str) -> int:
+        taken = [int(k.split("/")[2]) for k in self._store.list(f"{name}/versions/") if k.count("/") >= 3]
+        v = max(taken, default=0) + 1
+        while True:
+            try:
+                self._store.put(f"{name}/versions/{v:06d}/{CLAIM_FILE}",
+                                json.dumps({"at": _now(), "by": f"{socket.gethostname()}:{os.getpid()}",
+                                            "nonce": uuid.uuid4().hex}).encode(), create_only=True)
+                return v
+            except _Precondition:
+                v += 1  # another registration took it
+
+    def _put_new(self, rel: str, data: bytes) -> None:
+        try:
+            self._store.put(rel, data, create_only=True)
+        except _Precondition:
+            raise RegistryError(f"registry {self.uri}: {rel} exists; versions are immutable") from None
+
+    def _number(self, name: str, version: int | str) -> int:
+        _check_name(name)
+        if version == "champion":
+            now = self.champion(name)
+            if now is None:
+                raise RegistryError(f"registry {self.uri}: {name} has no champion yet "
+                                    f"(versions: {self._listing(name)})")
+            return now[0]
+        try:
+            return int(str(version).removeprefix("v"))
+        except ValueError:
+            raise RegistryError(f"version {version!r} is not a number or 'champion'") from None
+
+    def _listing(self, name: str) -> str:
+        return ", ".join(map(str, self.versions(name))) or "none"
+
+
+def _check_name(name: str) -> None:
+    if not NAME.fullmatch(name):
+        raise RegistryError(f"model name {name!r} must be letters, digits, '.', '_' or '-' (at most 128)")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")

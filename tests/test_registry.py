@@ -1,0 +1,160 @@
+"""The model registry, on a local directory and on a real S3 server: register, list, show, promote
+(conditionally: one winner of two concurrent promotions), load with every file's sha256 checked."""
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_job
+
+from lstmclf.checkpoint import save_checkpoint
+from lstmclf.config import Config
+from lstmclf.errors import CheckpointError, RegistryError
+from lstmclf.models import build_model
+from lstmclf.registry import Registry
+
+
+def make_checkpoint(d: Path, seed: int, val_acc: float) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cfg = Config().override({"model.width": 4, "model.hidden": 8, "model.lstm_layers": 1})
+    model = build_model(cfg.model, 10, (1, 28, 28))
+    save_checkpoint(d, {"model": model.state_dict(), "epoch": 2, "config": cfg.to_dict(),
+                        "metrics": {"epoch": 3, "val_acc": val_acc},
+                        "data": {"num_classes": 10, "image_shape": [1, 28, 28], "mean": 0.13, "std": 0.31}})
+    return model.eval()
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])
+def where(request, tmp_path):
+    """(registry URI, endpoint, read(rel) -> bytes, write(rel, bytes)) for each kind of storage."""
+    if request.param == "local":
+        root = tmp_path / "registry"
+        return str(root), "", lambda rel: (root / rel).read_bytes(), lambda rel, b: (root / rel).write_bytes(b)
+    s3 = request.getfixturevalue("s3")
+    uri = s3.uri("registry")
+    return uri, s3.endpoint, lambda rel: s3.get(f"{uri}/{rel}"), lambda rel, b: s3.put(f"{uri}/{rel}", b)
+
+
+def test_register_list_show_promote_load(where, tmp_path):
+    uri, endpoint, read, _ = where
+    r = Registry(uri, endpoint)
+    models = [make_checkpoint(tmp_path / f"run/epoch_000{i}", seed=i, val_acc=0.9 + i / 100) for i in (1, 2)]
+    assert r.register(str(tmp_path / "run/epoch_0001"), "mnist") == 1
+    assert r.register(str(tmp_path / "run/epoch_0002"), "mnist", source="exp-42") == 2
+    assert r.names() == ["mnist"] and r.versions("mnist") == [1, 2] and r.champion("mnist") is None
+
+    v2 = r.show("mnist", 2)
+    assert v2["metrics"]["val_acc"] == pytest.approx(0.92) and v2["config"]["model"]["hidden"] == 8
+    assert v2["source"] == {"checkpoint": str(tmp_path / "run/epoch_0002"), "experiment": "exp-42"}
+    assert r.show("mnist", 1)["source"]["experiment"] == str(tmp_path / "run")
+    assert set(v2["files"]) == {"checkpoint.pt", "config.yaml", "metrics.json", "manifest.json"}
+    assert read("mnist/versions/000002/checkpoint.pt") == (tmp_path / "run/epoch_0002/checkpoint.pt").read_bytes()
+
+    etag = r.promote("mnist", 1)  # no champion yet: create-only
+    assert r.champion("mnist") == (1, etag)
+    with pytest.raises(RegistryError, match="the champion of mnist changed since it was read"):
+        r.promote("mnist", 2)  # believes there is none: stale
+    r.promote("mnist", 2, expected=etag)
+    assert r.champion("mnist")[0] == 2 and r.show("mnist")["version"] == 2
+
+    x = torch.rand(3, 1, 28, 28)
+    model, cfg, state = r.load("mnist")  # the champion
+    assert torch.equal(model(x), models[1](x)) and cfg.model.hidden == 8 and state["epoch"] == 2
+    assert torch.equal(r.load("mnist", 1)[0](x), models[0](x))
+    with pytest.raises(RegistryError, match="mnist has no version 7"):
+        r.promote("mnist", 7, expected=r.champion("mnist")[1])
+    with pytest.raises(RegistryError, match="model name"):
+        r.versions("../escape")
+
+
+def test_versions_are_immutable_and_numbers_never_shared(where, tmp_path):
+    uri, endpoint, read, _ = where
+    make_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
+    registries = [Registry(uri, endpoint) for _ in range(4)]
+    got: list[int] = []
+    threads = [threading.Thread(target=lambda r=r: got.append(r.register(str(tmp_path / "ckpt"), "m")))
+               for r in registries]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [1, 2, 3, 4] and registries[0].versions("m") == [1, 2, 3, 4]
+    before = read("m/versions/000001/version.json")
+    with pytest.raises(RegistryError, match="versions are immutable"):
+        registries[0]._put_new("m/versions/000001/version.json", b"{}")
+    assert read("m/versions/000001/version.json") == before
+
+
+def test_concurrent_promotions_leave_exactly_one_winner(where, tmp_path):
+    uri, endpoint, _, _ = where
+    make_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
+    setup = Registry(uri, endpoint)
+    for _ in range(3):
+        setup.register(str(tmp_path / "ckpt"), "m")
+    for expected in (None, "read"):  # first promotion ever, then a change of champion
+        seen = setup.champion("m")
+        token = None if expected is None else seen[1]
+        barrier = threading.Barrier(2)
+        wins, losses = [], []
+
+        def promote(version, token=token, barrier=barrier, wins=wins, losses=losses):
+            r = Registry(uri, endpoint)
+            r.champion("m")  # connect before the race
+            barrier.wait()
+            try:
+                wins.append((version, r.promote("m", version, expected=token)))
+            except RegistryError as e:
+                losses.append(str(e))
+
+        threads = [threading.Thread(target=promote, args=(v,)) for v in (2, 3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(wins) == 1 and len(losses) == 1, (wins, losses)
+        assert setup.champion("m") == wins[0]  # the pointer is the winner's
+        assert "changed since it was read" in losses[0]
+
+
+def test_a_tampered_file_is_refused(where, tmp_path):
+    uri, endpoint, read, write = where
+    make_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
+    r = Registry(uri, endpoint)
+    r.register(str(tmp_path / "ckpt"), "m")
+    r.register(str(tmp_path / "ckpt"), "m")
+    raw = bytearray(read("m/versions/000001/checkpoint.pt"))
+    raw[len(raw) // 2] ^= 0x01  # one bit in the tensor data: still unpickles
+    write("m/versions/000001/checkpoint.pt", bytes(raw))
+    with pytest.raises(CheckpointError, match=r"m version 1: checkpoint.pt does not match the sha256 in its "
+                                              r"version.json \(tampered or corrupt\); refusing to load"):
+        r.load("m", 1)
+    write("m/versions/000002/config.yaml", read("m/versions/000002/config.yaml").replace(b"hidden: 8", b"hidden: 9"))
+    with pytest.raises(CheckpointError, match=r"config\.yaml does not match the sha256"):
+        r.load("m", 2)
+
+    bad = tmp_path / "ckpt"  # a tampered source is not registered at all
+    (bad / "metrics.json").write_text(json.dumps({"val_acc": 1.0}))
+    with pytest.raises(CheckpointError, match=r"metrics\.json does not match the sha256 in its manifest\.json"):
+        r.register(str(bad), "m")
+    assert r.versions("m") == [1, 2]
+
+
+@pytest.mark.slow
+def test_registry_job(s3, tmp_path):
+    make_checkpoint(tmp_path / "run" / "epoch_0003", seed=0, val_acc=0.875)
+    reg = ["--registry", s3.uri("registry"), "--s3-endpoint", s3.endpoint]
+    res = run_job("registry.py", *reg, "register", str(tmp_path / "run" / "epoch_0003"), "--name", "mnist")
+    assert res.returncode == 0 and "as mnist version 1" in res.stdout, res.stderr
+    res = run_job("registry.py", *reg, "promote", "mnist", "1")
+    assert res.returncode == 0 and res.stdout == "mnist: champion is now version 1 (was none)\n", res.stderr
+    res = run_job("registry.py", *reg, "list", "mnist")
+    assert res.returncode == 0 and res.stdout.startswith("mnist v1  val_acc 0.8750  epoch 3")
+    assert res.stdout.rstrip().endswith("(champion)")
+    res = run_job("registry.py", *reg, "show", "mnist")
+    assert res.returncode == 0 and json.loads(res.stdout)["version"] == 1
+    res = run_job("registry.py", *reg, "promote", "mnist", "5")
+    assert res.returncode == 2 and res.stderr.startswith("error: registry s3://") and "has no version 5" in res.stderr
+    res = run_job("registry.py", "--registry", "s3://no-such-bucket/r", "--s3-endpoint", s3.endpoint, "list")
+    assert res.returncode == 2 and res.stderr.startswith("error: bucket no-such-bucket does not exist")
