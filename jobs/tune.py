@@ -1,0 +1,58 @@
+"""Tune CNN-LSTM variants with Ray Tune: every trial is a Ray Train DDP run, ASHA stops the weak ones.
+
+    python jobs/tune.py                                    # preset space, bundled MNIST sample, ./runs
+    python jobs/tune.py --smoke                            # seconds-long first look
+    python jobs/tune.py --num-samples 16 --max-epochs 8 --data ../shared/data/mnist --name mnist-search
+    python jobs/tune.py --resume --name mnist-search       # pick up an interrupted experiment
+    python jobs/tune.py --set 'tune.space.model.hidden={choice: [64, 128]}'
+    ray job submit --working-dir . -- python jobs/tune.py --storage s3://bucket/experiments
+
+The experiment gets a ranked results table (CSV, Parquet, Markdown), the best trial's config as a
+recipe for `jobs/train.py --config`, and the best checkpoint's test metrics.
+"""
+
+import argparse
+
+from lstmclf.cli import add_config_args, config_from_args, run_main
+
+# A seconds-long experiment on a slice of the sample: checks the whole path end to end.
+SMOKE = {"data.limit_train": 1000, "data.limit_test": 200, "train.epochs": 2, "train.batch_size": 32,
+         "model.width": 8, "model.hidden": 32, "tune.num_samples": 2}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    p.add_argument("--num-samples", type=int, help="trials drawn from the space (tune.num_samples)")
+    p.add_argument("--workers-per-trial", type=int, dest="workers", help="DDP workers per trial (same as --workers)")
+    p.add_argument("--max-epochs", type=int, dest="epochs", help="epochs a trial may run (same as --epochs)")
+    p.add_argument("--search", choices=["random", "optuna"], help="tune.search")
+    p.add_argument("--resume", action="store_true",
+                   help="resume the experiment --name (default: the newest tune-* experiment under --storage)")
+    p.add_argument("--smoke", action="store_true", help="tiny data, model and trial count: a seconds-long run")
+    a = p.parse_args()
+    for key, flag in (("tune.num_samples", a.num_samples), ("tune.search", a.search)):
+        if flag is not None:
+            a.set.append(f"{key}={flag}")
+    cfg = config_from_args(a, prefix="tune", preset=SMOKE if a.smoke else None)
+
+    from lstmclf.tune import latest_experiment, markdown_table, run  # Ray is imported once the config is valid
+
+    if a.resume and not a.name:
+        cfg = cfg.override({"storage.name": latest_experiment(cfg.storage.path, cfg.storage.s3_endpoint)})
+    out = run(cfg, resume=a.resume)
+    best = out.table.slice(0, 1).to_pylist()[0]
+    stopped = out.table["status"].to_pylist().count("stopped early")
+    t = out.test_metrics
+    print("\n" + markdown_table(out.table))
+    print(f"experiment {out.experiment}: {out.table.num_rows} trials, {stopped} stopped early by ASHA")
+    print(f"best trial {best['trial_id']}: val_acc {best['best_val_acc']:.2%} at epoch {best['best_epoch']}")
+    print(f"test ({t['images']} images): acc {t['acc']:.2%}  precision {t['precision']:.4f}  "
+          f"recall {t['recall']:.4f}  f1 {t['f1']:.4f}")
+    print(f"results:         {out.experiment}/results.md (also .csv, .parquet)")
+    print(f"best recipe:     {out.best_recipe}   (python jobs/train.py --config {out.best_recipe})")
+    print(f"best checkpoint: {out.best_checkpoint}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,245 @@
+"""Ray Tune over the config's dotted keys; every trial is a Ray Train DDP run (the Train V2 pattern).
+
+Each trial runs a small driver function (0 CPUs: it only supervises) that builds a TorchTrainer
+with `TuneReportCallback`, so ASHA sees every epoch's validation accuracy. Trials' checkpoints go
+to `{experiment}/trials/{trial_id}/epoch_NNNN`; at the end the experiment holds a ranked results
+table (CSV, Parquet, Markdown), the best trial's config as a ready-to-train YAML recipe, and the
+best checkpoint's test metrics in summary.json.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+import yaml
+from ray import tune
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+
+from lstmclf import space, storage
+from lstmclf.config import Config, resume_conflicts
+from lstmclf.data import Splits
+from lstmclf.errors import ConfigError
+from lstmclf.evaluate import evaluate_checkpoint
+from lstmclf.train import METRIC, EpochRecorder, check_model, init_ray, load_data, make_trainer
+
+EXPERIMENT_CONFIG = "lstmclf_experiment.yaml"  # the experiment's base config, to refuse a mismatched resume
+RECIPE = "best_recipe.yaml"
+# A trial's driver only supervises its Train run, so it takes no CPU from the workers (a CPU
+# request would stop a 2-worker trial fitting a 2-CPU machine). Ray's docs advise keeping these
+# drivers on a node that is not preempted: the head node, through its built-in resource.
+TRIAL_DRIVER_RESOURCES = {"node:__internal_head__": 0.001}
+
+
+def max_concurrent_trials(cfg: Config) -> int:
+    """How many trials' worker groups fit in the cluster at once (unless tune.max_concurrent says).
+
+    Trials beyond this would start their Train runs and wait on each other's placement groups."""
+    if cfg.tune.max_concurrent:
+        return cfg.tune.max_concurrent
+    res, sc = ray.cluster_resources(), cfg.scaling
+    fits = int(res.get("CPU", 0) // (sc.num_workers * sc.cpus_per_worker))
+    if sc.use_gpu:
+        fits = min(fits, int(res.get("GPU", 0) // (sc.num_workers * sc.gpus_per_worker)))
+    return max(1, fits)
+
+
+def _domain(d: space.Dist) -> Any:
+    if d.kind == "const":
+        return d.args[0]
+    if d.kind in ("choice", "grid"):  # grid is expanded up front; the domain only gives Tune the key's shape
+        return tune.choice(list(d.args))
+    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[d.kind](*d.args)
+
+
+def trial(overrides: dict[str, Any], shared: dict[str, Any]) -> None:
+    """One Tune trial (on the head node): a TorchTrainer run of the base config with this trial's overrides."""
+    trial_id = tune.get_context().get_trial_id()
+    cfg = Config.from_dict(shared["base"]).override(
+        {**overrides, "storage.path": storage.join(shared["experiment"], "trials"), "storage.name": trial_id})
+    table = EpochRecorder(storage.join(shared["experiment"], "metrics"), trial_id, cfg.to_dict(),
+                          cfg.storage.s3_endpoint)
+    make_trainer(cfg, shared["data"], callbacks=[TuneReportCallback(), table]).fit()
+
+
+def _searcher(cfg: Config, trials: list[dict[str, Any]], max_concurrent: int) -> Any:
+    if cfg.tune.search == "random":
+        # Every trial's config was sampled (seeded) and validated before the experiment: run exactly those.
+        # (Tune ignores TuneConfig.max_concurrent_trials for a generator passed in: it is set here.)
+        return tune.search.BasicVariantGenerator(points_to_evaluate=trials, max_concurrent=max_concurrent)
+    try:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:
+        raise ConfigError("tune.search optuna needs optuna: pip install -e '.[tune]'") from None
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed))  # limited by TuneConfig
+
+
+def _scheduler(cfg: Config) -> Any:
+    if cfg.tune.scheduler == "fifo":
+        return tune.schedulers.FIFOScheduler()
+    return tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs, grace_period=cfg.tune.grace_period,
+                                         reduction_factor=cfg.tune.reduction_factor)
+
+
+def _read_experiment_config(uri: str, endpoint: str) -> Config | None:
+    fs, path = storage.resolve(uri, endpoint)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    return Config.from_dict(yaml.safe_load(storage.read_bytes(fs, path)))
+
+
+def check_experiment(cfg: Config, exp_uri: str, resume: bool) -> bool:
+    """True if the experiment exists (and so resumes); refuses a resume under another config."""
+    old = _read_experiment_config(storage.join(exp_uri, EXPERIMENT_CONFIG), cfg.storage.s3_endpoint)
+    if old is None:
+        if resume:
+            raise ConfigError(f"no experiment to resume at {exp_uri}")
+        return False
+    diff = resume_conflicts(old, cfg)
+    if diff:
+        raise ConfigError(f"experiment {cfg.storage.name} exists with another config ({'; '.join(diff[:4])}); "
+                          "resume it with the same config or choose a new name")
+    return True
+
+
+@dataclass(frozen=True)
+class TuneOutcome:
+    experiment: str  # storage URI of the experiment
+    table: pa.Table  # one row per trial, best first
+    best_recipe: str  # URI of the best trial's config (YAML)
+    best_checkpoint: str
+    test_metrics: dict[str, Any]
+    resumed: bool
+
+
+def results_table(grid: tune.ResultGrid, cfg: Config, dists: dict[str, space.Dist]) -> pa.Table:
+    """One row per trial, ranked by best validation accuracy: its searched values, best epoch,
+    epochs run, wall time, status and the checkpoint of its best epoch."""
+    rows = []
+    for r in grid:
+        df = r.metrics_dataframe
+        if df is None or METRIC not in df:
+            rows.append({"trial_id": str(r.metrics.get("trial_id", "")), "status": "error",
+                         "best_val_acc": float("nan"), "best_epoch": 0, "epochs_run": 0, "time_s": 0.0,
+                         "checkpoint": "", **{k: r.config.get(k) for k in dists}})
+            continue
+        best = df.loc[df[METRIC].idxmax()]
+        epochs = int(df["epoch"].max())
+        status = "error" if r.error else ("completed" if epochs >= cfg.train.epochs else "stopped early")
+        rows.append({
+            "trial_id": str(df["trial_id"].iloc[-1]), "status": status, "best_val_acc": float(best[METRIC]),
+            "best_val_f1": float(best["val_f1"]), "best_epoch": int(best["epoch"]), "epochs_run": epochs,
+            "time_s": float(df["time_total_s"].max()),
+            "checkpoint": storage.to_uri(cfg.storage.path, str(best.get(CHECKPOINT_PATH_KEY, ""))),
+            **{k: r.config.get(k) for k in dists},
+        })
+    rows.sort(key=lambda row: -row["best_val_acc"] if row["best_val_acc"] == row["best_val_acc"] else 1.0)
+    return pa.Table.from_pylist(rows)
+
+
+def markdown_table(table: pa.Table) -> str:
+    cols = table.column_names
+    fmt = {"best_val_acc": "{:.2%}", "best_val_f1": "{:.4f}", "time_s": "{:.0f}"}
+
+    def cell(col: str, v: Any) -> str:
+        if v is None:
+            return ""
+        if col in fmt and isinstance(v, float) and v == v:
+            return fmt[col].format(v)
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    shown = [c for c in cols if c != "checkpoint"]
+    lines = ["| rank | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
+    for i, row in enumerate(table.to_pylist(), 1):
+        lines.append(f"| {i} | " + " | ".join(cell(c, row[c]) for c in shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: Config, *, resume: bool = False, splits: Splits | None = None) -> TuneOutcome:
+    """Run (or resume) the experiment `cfg.storage.name` under `cfg.storage.path`.
+
+    The search space, every sampled trial config, the data and the base model are checked
+    before Ray is started, so bad input costs no cluster time."""
+    dists = space.parse(cfg.tune.space, cfg)
+    if cfg.tune.search == "optuna" and any(d.kind == "grid" for d in dists.values()):
+        raise ConfigError("tune.space: grid entries need tune.search random (Optuna samples, it does not enumerate)")
+    trials = space.sample(cfg, dists, cfg.tune.num_samples, cfg.tune.seed)
+    endpoint = cfg.storage.s3_endpoint
+    splits = splits if splits is not None else load_data(cfg)
+    check_model(cfg, splits)
+    storage.check(cfg.storage.path, endpoint)  # no credentials, bad endpoint, missing bucket: one line
+    exp_uri = storage.join(cfg.storage.path, cfg.storage.name)
+    resumed = check_experiment(cfg, exp_uri, resume)
+    init_ray()
+
+    fs, exp_path = storage.resolve(exp_uri, endpoint)
+    shared = {"base": cfg.to_dict(), "data": ray.put(splits), "experiment": exp_uri}
+    trainable = tune.with_resources(tune.with_parameters(trial, shared=shared), TRIAL_DRIVER_RESOURCES)
+    if resumed and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+        print(f"resuming experiment {exp_uri}: finished trials are kept, unfinished ones continue", flush=True)
+        tuner = tune.Tuner.restore(exp_path, trainable, resume_errored=True, storage_filesystem=fs)
+    else:
+        storage.write_bytes(storage.join(exp_uri, EXPERIMENT_CONFIG), cfg.to_yaml().encode(), endpoint)
+        concurrent = max_concurrent_trials(cfg)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={k: _domain(d) for k, d in dists.items()},
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode="max", scheduler=_scheduler(cfg), search_alg=_searcher(cfg, trials, concurrent),
+                num_samples=len(trials) if cfg.tune.search == "random" else cfg.tune.num_samples,
+                max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name=cfg.storage.name, storage_path=fs_parent(exp_path),
+                                      storage_filesystem=fs),
+        )
+    grid = tuner.fit()
+
+    table = results_table(grid, cfg, dists)
+    if not table.num_rows or table["best_val_acc"][0].as_py() != table["best_val_acc"][0].as_py():
+        raise RuntimeError(f"experiment {exp_uri}: no trial reported a result")
+    buf = io.BytesIO()
+    pacsv.write_csv(table, buf)
+    storage.write_bytes(storage.join(exp_uri, "results.csv"), buf.getvalue(), endpoint)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes(storage.join(exp_uri, "results.parquet"), buf.getvalue(), endpoint)
+    storage.write_bytes(storage.join(exp_uri, "results.md"), markdown_table(table).encode(), endpoint)
+
+    best = table.slice(0, 1).to_pylist()[0]
+    recipe = cfg.override({k: best[k] for k in dists} | {"storage.name": ""})
+    recipe_uri = storage.join(exp_uri, RECIPE)
+    storage.write_bytes(recipe_uri, recipe.to_yaml().encode(), endpoint)
+    test = evaluate_checkpoint(best["checkpoint"], splits.test, endpoint=endpoint)
+    summary = {"experiment": exp_uri, "trials": table.num_rows,
+               "stopped_early": sum(s == "stopped early" for s in table["status"].to_pylist()),
+               "best_trial": best["trial_id"], "best_val_acc": best["best_val_acc"], "best_recipe": recipe_uri,
+               "best_checkpoint": best["checkpoint"],
+               "test": {k: test[k] for k in ("acc", "precision", "recall", "f1", "loss")}}
+    storage.write_bytes(storage.join(exp_uri, "summary.json"), json.dumps(summary, indent=2).encode(), endpoint)
+    return TuneOutcome(exp_uri, table, recipe_uri, best["checkpoint"], test, resumed)
+
+
+def fs_parent(path: str) -> str:
+    return path.rsplit("/", 1)[0]
+
+
+def latest_experiment(storage_uri: str, endpoint: str = "") -> str:
+    """Name of the most recently started experiment under a storage path (for `--resume`)."""
+    fs, root = storage.resolve(storage_uri, endpoint)
+    try:
+        dirs = [i.base_name for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+                if i.type == pafs.FileType.Directory]
+    except OSError as e:
+        raise ConfigError(f"cannot list experiments under {storage_uri}: {e}") from None
+    started = [(info.mtime, name) for name in dirs
+               if (info := fs.get_file_info(f"{root}/{name}/{EXPERIMENT_CONFIG}")).type == pafs.FileType.File]
+    if not started:
+        raise ConfigError(f"no experiment to resume under {storage_uri}")
+    return max(started)[1]
