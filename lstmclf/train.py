@@ -9,6 +9,7 @@ the latest one via `ray.train.get_checkpoint()`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import sys
@@ -50,8 +51,20 @@ def data_info(splits: Splits) -> dict[str, Any]:
             "mean": splits.mean, "std": splits.std}
 
 
+def quiet_report_log() -> None:
+    """Ray 2.58 logs every report() at INFO (a 600-character line per rank per epoch) under a logger
+    named by its file path instead of `ray.train.*`, so RunConfig's LoggingConfig does not reach it.
+    EpochPrinter says the same in one line; raise that one logger to WARNING."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: nothing to quiet
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One DDP worker: build, (resume,) train, validate and report every epoch."""
+    quiet_report_log()
     cfg = Config.from_dict(loop_config["config"])
     data = loop_config["data"]
     splits: Splits = ray.get(data) if isinstance(data, ray.ObjectRef) else data

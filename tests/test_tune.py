@@ -26,6 +26,7 @@ def test_asha_stops_trials_and_later_trials_still_run(ray_cluster, tmp_path):
     and no placement group is left behind (Ray Train frees stopped trials' groups via the state API)."""
     cfg = Config().override(TINY | {
         "storage.path": str(tmp_path), "storage.name": "asha", "train.epochs": 3, "tune.num_samples": 6,
+        "data.limit_train": 1200,
         "tune.space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}, "model.lstm_layers": {"randint": [1, 3]}},
     })
     assert lstm_tune.max_concurrent_trials(cfg) == 2  # 4 CPUs / (2 workers x 1 CPU): fewer than the 6 trials
@@ -74,7 +75,7 @@ def terminated_trials(exp: Path) -> int:
 
 
 def test_interrupted_experiment_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path):
-    args = ["--storage", str(tmp_path), "--name", "resumable", "--workers", "1", "--num-samples", "3",
+    args = ["--storage", str(tmp_path), "--name", "resumable", "--workers", "1", "--num-samples", "2",
             *[f"--set={k}={v}" for k, v in (TINY | {"scaling.num_workers": 1, "tune.max_concurrent": 1,
                                                     "tune.scheduler": "fifo"}).items()]]
     env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"} | {"RAY_ADDRESS": ray_cluster}
@@ -96,7 +97,7 @@ def test_interrupted_experiment_resumes_without_rerunning_finished_trials(ray_cl
     assert "resuming experiment" in res.stdout
     assert {p: p.stat().st_mtime_ns for p in finished[0].rglob("checkpoint.pt")} == stamps  # not rerun
     table = pq.read_table(exp / "results.parquet").to_pylist()
-    assert len(table) == 3 and all(r["status"] == "completed" and r["epochs_run"] == 2 for r in table)
+    assert len(table) == 2 and all(r["status"] == "completed" and r["epochs_run"] == 2 for r in table)
 
     res = run_job("tune.py", "--resume", *args, "--set", "model.hidden=64", ray_address=ray_cluster)
     assert res.returncode == 2 and "exists with another config (model.hidden: 32 -> 64)" in res.stderr
@@ -105,9 +106,10 @@ def test_interrupted_experiment_resumes_without_rerunning_finished_trials(ray_cl
 def test_optuna_search(ray_cluster, tmp_path):
     cfg = Config().override(TINY | {
         "storage.path": str(tmp_path), "storage.name": "tpe", "train.epochs": 1, "scaling.num_workers": 1,
-        "tune.num_samples": 3, "tune.search": "optuna", "tune.space": {"optim.lr": {"loguniform": [1e-3, 1e-2]}},
+        "tune.num_samples": 2, "tune.search": "optuna", "tune.space": {"optim.lr": {"loguniform": [1e-3, 1e-2]}},
+        "data.limit_train": 600,
     })
     out = lstm_tune.run(cfg)
     lrs = out.table.column("optim.lr").to_pylist()
-    assert len(set(lrs)) == 3 and all(1e-3 <= lr <= 1e-2 for lr in lrs)
+    assert len(set(lrs)) == 2 and all(1e-3 <= lr <= 1e-2 for lr in lrs)
     assert ray.is_initialized()
