@@ -17,14 +17,13 @@ def main() -> None:
     add_config_args(p)
     cfg = config_from_args(p.parse_args(), prefix="train")
 
+    from lstmclf.evaluate import test_line
     from lstmclf.train import fit  # Ray is imported only once the config is valid
 
     out = fit(cfg)
-    t = out.test_metrics
     print(f"\nrun {out.run_path}: {out.epochs_run} epochs, best val_acc {out.best_metrics['val_acc']:.2%} "
           f"(epoch {out.best_metrics['epoch']})")
-    print(f"test ({t['images']} images): acc {t['acc']:.2%}  precision {t['precision']:.4f}  "
-          f"recall {t['recall']:.4f}  f1 {t['f1']:.4f}")
+    print(test_line(out.test_metrics))
     print(f"best checkpoint: {out.best_checkpoint}")
 
 

@@ -28,27 +28,27 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, dest="epochs", help="epochs a trial may run (same as --epochs)")
     p.add_argument("--search", choices=["random", "optuna"], help="tune.search")
     p.add_argument("--resume", action="store_true",
-                   help="resume the experiment --name (default: the newest tune-* experiment under --storage)")
+                   help="resume the experiment --name (default: the newest experiment under --storage)")
     p.add_argument("--smoke", action="store_true", help="tiny data, model and trial count: a seconds-long run")
     a = p.parse_args()
     for key, flag in (("tune.num_samples", a.num_samples), ("tune.search", a.search)):
         if flag is not None:
             a.set.append(f"{key}={flag}")
-    cfg = config_from_args(a, prefix="tune", preset=SMOKE if a.smoke else None)
+    # --resume without a name (from --name or the config) takes the newest experiment under the storage path.
+    cfg = config_from_args(a, prefix="tune", preset=SMOKE if a.smoke else None, pick_name=not a.resume)
 
+    from lstmclf.evaluate import test_line
     from lstmclf.tune import latest_experiment, markdown_table, run  # Ray is imported once the config is valid
 
-    if a.resume and not a.name:
+    if not cfg.storage.name:
         cfg = cfg.override({"storage.name": latest_experiment(cfg.storage.path, cfg.storage.s3_endpoint)})
     out = run(cfg, resume=a.resume)
     best = out.table.slice(0, 1).to_pylist()[0]
     stopped = out.table["status"].to_pylist().count("stopped early")
-    t = out.test_metrics
     print("\n" + markdown_table(out.table))
     print(f"experiment {out.experiment}: {out.table.num_rows} trials, {stopped} stopped early by ASHA")
     print(f"best trial {best['trial_id']}: val_acc {best['best_val_acc']:.2%} at epoch {best['best_epoch']}")
-    print(f"test ({t['images']} images): acc {t['acc']:.2%}  precision {t['precision']:.4f}  "
-          f"recall {t['recall']:.4f}  f1 {t['f1']:.4f}")
+    print(test_line(out.test_metrics))
     print(f"results:         {out.experiment}/results.md (also .csv, .parquet)")
     print(f"best recipe:     {out.best_recipe}   (python jobs/train.py --config {out.best_recipe})")
     print(f"best checkpoint: {out.best_checkpoint}")

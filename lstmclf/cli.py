@@ -28,9 +28,10 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="train on GPUs with this many per worker (sets scaling.use_gpu)")
 
 
-def config_from_args(a: argparse.Namespace, prefix: str = "run", preset: dict | None = None) -> Config:
+def config_from_args(a: argparse.Namespace, prefix: str = "run", preset: dict | None = None,
+                     pick_name: bool = True) -> Config:
     """Defaults <- --config file <- `preset` <- --set overrides <- shorthand flags; a run name is
-    picked if none is set."""
+    picked from the time if none is set and `pick_name`."""
     flags = {"data.path": a.data, "storage.path": a.storage, "storage.name": a.name,
              "storage.s3_endpoint": a.s3_endpoint, "train.epochs": a.epochs,
              "scaling.num_workers": a.workers, "scaling.cpus_per_worker": a.cpus_per_worker}
@@ -38,7 +39,7 @@ def config_from_args(a: argparse.Namespace, prefix: str = "run", preset: dict | 
         flags |= {"scaling.use_gpu": True, "scaling.gpus_per_worker": a.gpus_per_worker}
     preset_sets = [f"{k}={v}" for k, v in (preset or {}).items()]
     cfg = load_config(a.config, [*preset_sets, *a.set]).override({k: v for k, v in flags.items() if v is not None})
-    if not cfg.storage.name:
+    if not cfg.storage.name and pick_name:
         cfg = cfg.override({"storage.name": f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"})
     return cfg
 

@@ -244,15 +244,20 @@ class Config:
 
 # Keys that may change when a run or experiment resumes: how many workers, how failures are handled,
 # where the S3 endpoint and the registry are. Anything else would not fit the checkpoints or schedule.
-RESUMABLE_CHANGES = ("scaling.", "train.max_failures", "train.checkpoints_to_keep", "storage.s3_endpoint",
-                     "storage.registry")
+# (Not scaling.num_workers: it sets the batches per epoch, so the LR schedule of the checkpoint.)
+RESUMABLE_CHANGES = ("scaling.use_gpu", "scaling.cpus_per_worker", "scaling.gpus_per_worker", "train.max_failures",
+                     "train.checkpoints_to_keep", "storage.s3_endpoint", "storage.registry")
 
 
-def resume_conflicts(old: Config, new: Config) -> list[str]:
-    """`key: old -> new` for every difference that forbids resuming `old`'s run under `new`."""
+def check_resumable(old: Config, new: Config, what: str) -> None:
+    """Refuse to resume `old`'s run or experiment under `new` when a difference would not fit its
+    checkpoints or schedule; one ConfigError line naming the first differences."""
     a, b = old.to_dict(), new.to_dict()
-    return [f"{s}.{k}: {a[s][k]!r} -> {v!r}" for s in b for k, v in b[s].items()
+    diff = [f"{s}.{k}: {a[s][k]!r} -> {v!r}" for s in b for k, v in b[s].items()
             if v != a[s][k] and not f"{s}.{k}".startswith(RESUMABLE_CHANGES)]
+    if diff:
+        raise ConfigError(f"{what} {new.storage.name} exists with another config ({'; '.join(diff[:4])}); "
+                          "resume it with the same config or choose a new name")
 
 
 def dotted_keys(cls: type = Config, prefix: str = "") -> dict[str, type]:
@@ -285,7 +290,8 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _unknown(key: str, known: Iterable[str]) -> ConfigError:
+def unknown_key(key: str, known: Iterable[str]) -> ConfigError:
+    """The error for a key that is not a config field, with the closest field as a hint."""
     hint = difflib.get_close_matches(key, list(known), n=1)
     return ConfigError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
 
@@ -298,7 +304,7 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
     kwargs = {}
     for key, value in d.items():
         if key not in hints:
-            raise _unknown(f"{prefix}{key}", [f"{prefix}{k}" for k in hints])
+            raise unknown_key(f"{prefix}{key}", [f"{prefix}{k}" for k in hints])
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{prefix}{key}.")

@@ -93,3 +93,17 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     except ImportError:
         pass  # the [plot] extra is not installed: JSON and Markdown are still complete
     return written
+
+
+HEADLINE = ("acc", "precision", "recall", "f1", "loss")
+
+
+def headline(report: dict[str, Any]) -> dict[str, float]:
+    """The summary metrics of a report (what summary.json files keep)."""
+    return {k: report[k] for k in HEADLINE}
+
+
+def test_line(report: dict[str, Any]) -> str:
+    """One line for a job's final summary."""
+    return (f"test ({report['images']} images): acc {report['acc']:.2%}  precision {report['precision']:.4f}  "
+            f"recall {report['recall']:.4f}  f1 {report['f1']:.4f}")

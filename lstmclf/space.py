@@ -23,11 +23,12 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from lstmclf.config import Config, ConfigError, dotted_keys
+from lstmclf.config import Config, ConfigError, dotted_keys, unknown_key
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
-# Keys a trial may not vary: where results go, and the search itself.
-FIXED_PREFIXES = ("storage.", "tune.")
+# Keys a trial may not vary: where results go, the search itself, and the workers (how many trials
+# run at once is derived from them).
+FIXED_PREFIXES = ("storage.", "tune.", "scaling.")
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,7 @@ def parse(space: dict[str, Any], base: Config) -> dict[str, Dist]:
     for key, spec in space.items():
         where = f"tune.space {key}"
         if key not in fields:
-            import difflib
-
-            hint = difflib.get_close_matches(key, list(fields), n=1)
-            raise ConfigError(f"{where}: unknown config key" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            raise ConfigError(f"tune.space: {unknown_key(key, fields)}")
         if key.startswith(FIXED_PREFIXES):
             raise ConfigError(f"{where}: {key.split('.')[0]} keys cannot be searched")
         out[key] = dist = _parse_one(where, spec, fields[key])

@@ -1,7 +1,8 @@
 """Ray Train wiring: the per-worker loop (DDP) and the TorchTrainer that runs it.
 
 Data is read and validated once, on the driver, and handed to the workers through the object
-store; each worker keeps its shard in memory on its device. Rank 0 writes one checkpoint per
+store; each worker keeps the training split in memory on its device (MNIST-sized data) and takes
+its shard of every epoch's global shuffle by index, so shards differ from epoch to epoch. Rank 0 writes one checkpoint per
 epoch; a restart (worker failure, or `fit()` again with the same storage and name) resumes from
 the latest one via `ray.train.get_checkpoint()`.
 """
@@ -29,10 +30,11 @@ import yaml
 
 from lstmclf import records, storage
 from lstmclf.checkpoint import MANIFEST, load_checkpoint, save_checkpoint, upload_checkpoint
-from lstmclf.config import Config, resume_conflicts
+from lstmclf.config import Config, check_resumable
 from lstmclf.data import BatchLoader, Splits, load_splits, to_tensors
 from lstmclf.engine import build_loss, build_optimizer, build_scheduler, evaluate, train_epoch
-from lstmclf.errors import ConfigError, StorageError
+from lstmclf.errors import DataError, StorageError
+from lstmclf.evaluate import evaluate_checkpoint, headline
 from lstmclf.models import build_model
 
 METRIC = "val_acc"  # what "best" means for checkpoints, ASHA and the results table
@@ -110,7 +112,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         stats = torch.stack([loss_sum, torch.tensor(float(seen), device=device)])
         if world > 1:
             dist.all_reduce(stats)  # (sum of losses, images) over all ranks
-        if world > 1:
             broadcast_buffers(model_without_ddp)
         val = evaluate(model_without_ddp, val_loader, splits.num_classes, device=device)
         metrics = {
@@ -227,15 +228,21 @@ def check_resume(cfg: Config) -> None:
     if not done:
         return
     old = Config.from_dict(yaml.safe_load(storage.read_bytes(fs, f"{run_dir}/{done[-1]}/config.yaml")))
-    diff = resume_conflicts(old, cfg)
-    if diff:
-        raise ConfigError(f"run {cfg.storage.name} exists with another config ({'; '.join(diff[:4])}); "
-                          "resume it with the same config or choose a new name")
+    check_resumable(old, cfg, "run")
 
 
-def check_model(cfg: Config, splits: Splits) -> None:
-    """Build the model once on the driver: bad pretrained weights fail here, not on every worker."""
+def preflight(cfg: Config, splits: Splits | None = None) -> Splits:
+    """What can fail before Ray starts, cheapest first: the storage (one request), the data (read,
+    validated, split), the model (built once: bad pretrained weights fail here, not on every
+    worker), and whether every worker gets samples. Returns the data."""
+    storage.check(cfg.storage.path, cfg.storage.s3_endpoint)  # no credentials, bad endpoint, missing bucket
+    splits = splits if splits is not None else load_data(cfg)
     build_model(cfg.model, splits.num_classes, splits.image_shape)
+    workers = cfg.scaling.num_workers
+    for part in ("train", "val"):
+        if len(getattr(splits, part)) < workers:
+            raise DataError(f"{len(getattr(splits, part))} {part} images cannot be shared by {workers} workers")
+    return splits
 
 
 @dataclass(frozen=True)
@@ -258,12 +265,8 @@ def fit(cfg: Config, *, splits: Splits | None = None, verbose: bool = True) -> T
     """Train one config with Ray Train (starting from its latest checkpoint if the run exists),
     then evaluate the best checkpoint on the test set and write `summary.json` beside the run.
     Data, model and resume checks run before Ray is started (or joined)."""
-    from lstmclf.evaluate import evaluate_checkpoint  # local: evaluate imports matplotlib lazily
-
     endpoint = cfg.storage.s3_endpoint
-    splits = splits if splits is not None else load_data(cfg)
-    check_model(cfg, splits)
-    storage.check(cfg.storage.path, endpoint)  # no credentials, bad endpoint, missing bucket: one line
+    splits = preflight(cfg, splits)
     check_resume(cfg)
     init_ray()  # only now: bad input has failed above without cluster time
     run_path = storage.join(cfg.storage.path, cfg.storage.name)
@@ -277,7 +280,7 @@ def fit(cfg: Config, *, splits: Splits | None = None, verbose: bool = True) -> T
     uri = storage.to_uri(cfg.storage.path, ckpt.path)
     test = evaluate_checkpoint(uri, splits.test, endpoint=endpoint)
     summary = {"run": run_path, "best_checkpoint": uri, "best_epoch": best["epoch"], "best_val": best,
-               "test": {k: v for k, v in test.items() if k in ("acc", "precision", "recall", "f1", "loss")},
+               "test": headline(test),
                "epochs_run": result.metrics["epoch"], "config": cfg.to_dict()}
     storage.write_bytes(storage.join(run_path, "summary.json"), json.dumps(summary, indent=2).encode(), endpoint)
     return TrainOutcome(run_path, uri, best, test, result.metrics["epoch"])

@@ -24,11 +24,11 @@ from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from lstmclf import space, storage
-from lstmclf.config import Config, resume_conflicts
+from lstmclf.config import Config, check_resumable
 from lstmclf.data import Splits
 from lstmclf.errors import ConfigError
-from lstmclf.evaluate import evaluate_checkpoint
-from lstmclf.train import METRIC, EpochRecorder, check_model, init_ray, load_data, make_trainer
+from lstmclf.evaluate import evaluate_checkpoint, headline
+from lstmclf.train import METRIC, EpochRecorder, init_ray, make_trainer, preflight
 
 EXPERIMENT_CONFIG = "lstmclf_experiment.yaml"  # the experiment's base config, to refuse a mismatched resume
 RECIPE = "best_recipe.yaml"
@@ -69,16 +69,25 @@ def trial(overrides: dict[str, Any], shared: dict[str, Any]) -> None:
     make_trainer(cfg, shared["data"], callbacks=[TuneReportCallback(), table]).fit()
 
 
+def _check_search(cfg: Config, dists: dict[str, space.Dist]) -> None:
+    if cfg.tune.search != "optuna":
+        return
+    if any(d.kind == "grid" for d in dists.values()):
+        raise ConfigError("tune.space: grid entries need tune.search random (Optuna samples, it does not enumerate)")
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError("tune.search optuna needs optuna: pip install -e '.[tune]'") from None
+
+
 def _searcher(cfg: Config, trials: list[dict[str, Any]], max_concurrent: int) -> Any:
     if cfg.tune.search == "random":
         # Every trial's config was sampled (seeded) and validated before the experiment: run exactly those.
         # (Tune ignores TuneConfig.max_concurrent_trials for a generator passed in: it is set here.)
         return tune.search.BasicVariantGenerator(points_to_evaluate=trials, max_concurrent=max_concurrent)
-    try:
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-    except ImportError:
-        raise ConfigError("tune.search optuna needs optuna: pip install -e '.[tune]'") from None
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
     return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed))  # limited by TuneConfig
 
 
@@ -103,10 +112,7 @@ def check_experiment(cfg: Config, exp_uri: str, resume: bool) -> bool:
         if resume:
             raise ConfigError(f"no experiment to resume at {exp_uri}")
         return False
-    diff = resume_conflicts(old, cfg)
-    if diff:
-        raise ConfigError(f"experiment {cfg.storage.name} exists with another config ({'; '.join(diff[:4])}); "
-                          "resume it with the same config or choose a new name")
+    check_resumable(old, cfg, "experiment")
     return True
 
 
@@ -169,13 +175,10 @@ def run(cfg: Config, *, resume: bool = False, splits: Splits | None = None) -> T
     The search space, every sampled trial config, the data and the base model are checked
     before Ray is started, so bad input costs no cluster time."""
     dists = space.parse(cfg.tune.space, cfg)
-    if cfg.tune.search == "optuna" and any(d.kind == "grid" for d in dists.values()):
-        raise ConfigError("tune.space: grid entries need tune.search random (Optuna samples, it does not enumerate)")
+    _check_search(cfg, dists)
     trials = space.sample(cfg, dists, cfg.tune.num_samples, cfg.tune.seed)
     endpoint = cfg.storage.s3_endpoint
-    splits = splits if splits is not None else load_data(cfg)
-    check_model(cfg, splits)
-    storage.check(cfg.storage.path, endpoint)  # no credentials, bad endpoint, missing bucket: one line
+    splits = preflight(cfg, splits)
     exp_uri = storage.join(cfg.storage.path, cfg.storage.name)
     resumed = check_experiment(cfg, exp_uri, resume)
     init_ray()
@@ -196,7 +199,8 @@ def run(cfg: Config, *, resume: bool = False, splits: Splits | None = None) -> T
                 metric=METRIC, mode="max", scheduler=_scheduler(cfg), search_alg=_searcher(cfg, trials, concurrent),
                 num_samples=len(trials) if cfg.tune.search == "random" else cfg.tune.num_samples,
                 max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=cfg.storage.name, storage_path=fs_parent(exp_path),
+            run_config=tune.RunConfig(name=cfg.storage.name,
+                                      storage_path=storage.resolve(cfg.storage.path, endpoint)[1],
                                       storage_filesystem=fs),
         )
     grid = tuner.fit()
@@ -221,23 +225,20 @@ def run(cfg: Config, *, resume: bool = False, splits: Splits | None = None) -> T
                "stopped_early": sum(s == "stopped early" for s in table["status"].to_pylist()),
                "best_trial": best["trial_id"], "best_val_acc": best["best_val_acc"], "best_recipe": recipe_uri,
                "best_checkpoint": best["checkpoint"],
-               "test": {k: test[k] for k in ("acc", "precision", "recall", "f1", "loss")}}
+               "test": headline(test)}
     storage.write_bytes(storage.join(exp_uri, "summary.json"), json.dumps(summary, indent=2).encode(), endpoint)
     return TuneOutcome(exp_uri, table, recipe_uri, best["checkpoint"], test, resumed)
 
 
-def fs_parent(path: str) -> str:
-    return path.rsplit("/", 1)[0]
-
-
 def latest_experiment(storage_uri: str, endpoint: str = "") -> str:
     """Name of the most recently started experiment under a storage path (for `--resume`)."""
+    storage.check(storage_uri, endpoint)
     fs, root = storage.resolve(storage_uri, endpoint)
     try:
         dirs = [i.base_name for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
                 if i.type == pafs.FileType.Directory]
     except OSError as e:
-        raise ConfigError(f"cannot list experiments under {storage_uri}: {e}") from None
+        raise ConfigError(f"cannot list experiments under {storage_uri}: {storage.redact(str(e))}") from None
     started = [(info.mtime, name) for name in dirs
                if (info := fs.get_file_info(f"{root}/{name}/{EXPERIMENT_CONFIG}")).type == pafs.FileType.File]
     if not started:

@@ -21,6 +21,7 @@ from lstmclf.models import build_model
         (["--config", "/nonexistent.yaml"], "error: cannot read config file /nonexistent.yaml"),
         (["--data", "/nonexistent"], "error: dataset /nonexistent: /nonexistent does not exist"),
         (["--set", "model.pretrained=/nonexistent.pt"], "error: pretrained weights /nonexistent.pt not found"),
+        (["--workers", "3", "--set", "data.limit_train=20"], "error: 2 val images cannot be shared by 3 workers"),
     ],
 )
 def test_train_job_rejects_bad_input_before_ray_starts(tmp_path, args, message):

@@ -229,7 +229,8 @@ def test_pretrained_on_identity_backbone_raises(tmp_path: Path) -> None:
         build_model(ModelConfig(backbone="none", pretrained=str(path)), 10, (1, 28, 28))
 
 
-def test_models_never_import_ray() -> None:
-    code = "import sys, lstmclf.models, lstmclf.config; lstmclf.config.ModelConfig(); print('ray' in sys.modules)"
+def test_models_and_data_never_import_ray() -> None:
+    code = ("import sys, lstmclf.models, lstmclf.config, lstmclf.data, lstmclf.evaluate, lstmclf.registry, "
+            "lstmclf.space; lstmclf.config.ModelConfig(); print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -32,8 +32,9 @@ def test_sampling_is_seeded_and_grid_multiplies():
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ({"model.lstm_layer": {"randint": [1, 3]}}, "tune.space model.lstm_layer: unknown config key (did you mean "
-                                                     "'model.lstm_layers'?)"),
+        ({"model.lstm_layer": {"randint": [1, 3]}}, "tune.space: unknown config key 'model.lstm_layer' (did you "
+                                                     "mean 'model.lstm_layers'?)"),
+        ({"scaling.num_workers": {"choice": [1, 2]}}, "scaling.num_workers: scaling keys cannot be searched"),
         ({"optim.name": {"choice": []}}, "tune.space optim.name: choice needs a non-empty list"),
         ({"model.dropout": {"uniform": [0.4, 0.1]}}, "tune.space model.dropout: lower bound 0.4 is not below upper "
                                                       "bound 0.1"),
@@ -67,6 +68,6 @@ def test_tune_job_rejects_a_bad_space_before_ray_starts(tmp_path):
     res = run_job("tune.py", "--storage", str(tmp_path), "--set", "tune.space.model.lstm_layer={randint: [1, 3]}",
                   timeout=120)
     assert res.returncode == 2 and "Started a local Ray" not in res.stdout + res.stderr
-    assert res.stderr == ("error: tune.space model.lstm_layer: unknown config key "
+    assert res.stderr == ("error: tune.space: unknown config key 'model.lstm_layer' "
                           "(did you mean 'model.lstm_layers'?)\n")
     assert not any(tmp_path.iterdir())

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import yaml
 from conftest import ROOT, run_job
 from ray.util.state import list_placement_groups
@@ -112,4 +111,3 @@ def test_optuna_search(ray_cluster, tmp_path):
     out = lstm_tune.run(cfg)
     lrs = out.table.column("optim.lr").to_pylist()
     assert len(set(lrs)) == 2 and all(1e-3 <= lr <= 1e-2 for lr in lrs)
-    assert ray.is_initialized()
