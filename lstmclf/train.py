@@ -2,9 +2,9 @@
 
 Data is read and validated once, on the driver, and handed to the workers through the object
 store; each worker keeps the training split in memory on its device (MNIST-sized data) and takes
-its shard of every epoch's global shuffle by index, so shards differ from epoch to epoch. Rank 0 writes one checkpoint per
-epoch; a restart (worker failure, or `fit()` again with the same storage and name) resumes from
-the latest one via `ray.train.get_checkpoint()`.
+its shard of every epoch's global shuffle by index, so shards differ from epoch to epoch. Rank 0
+writes one checkpoint per epoch; a restart (worker failure, or `fit()` again with the same storage
+and name) resumes from the latest one via `ray.train.get_checkpoint()`.
 """
 
 from __future__ import annotations
