@@ -1,6 +1,6 @@
 """Checkpoint upload overhead per epoch: S3 (a SeaweedFS on this machine) versus a local directory.
 
-    .venv/bin/python bench/checkpoint_upload.py              # about 3 minutes on 2 cores
+    .venv/bin/python bench/checkpoint_upload.py              # about 2-3 minutes on 2 cores
     .venv/bin/python bench/checkpoint_upload.py --reps 30 --epochs 8 --skip-ray
 
 Part 1 times `upload_checkpoint` (what rank 0 does once per epoch: files, then the manifest, each

@@ -47,9 +47,10 @@ def main() -> None:
         v = r.register(a.checkpoint, a.name, source=a.source)
         print(f"registered {a.checkpoint} as {a.name} version {v} in {st.registry}")
     elif a.command == "list" and a.name is None:
-        if not r.names():
+        names = r.names()
+        if not names:
             print(f"no models in {st.registry}")
-        for name in r.names():
+        for name in names:
             champ = r.champion(name)
             print(f"{name}: versions {', '.join(map(str, r.versions(name)))}; "
                   f"champion {'version ' + str(champ[0]) if champ else 'none'}")
@@ -65,8 +66,8 @@ def main() -> None:
         print(json.dumps(r.show(a.name, a.version), indent=2))
     else:
         before = r.champion(a.name)
-        r.promote(a.name, a.version, expected=before[1] if before else None)
-        print(f"{a.name}: champion is now version {int(a.version.removeprefix('v'))} "
+        v, _ = r.promote(a.name, a.version, expected=before[1] if before else None)
+        print(f"{a.name}: champion is now version {v} "
               f"(was {'version ' + str(before[0]) if before else 'none'})")
 
 

@@ -29,9 +29,9 @@ from lstmclf.models import Classifier, build_model
 
 FILE = "checkpoint.pt"
 FORMAT = 1
-
-
 MANIFEST = "manifest.json"
+LISTED = (FILE, "config.yaml", "metrics.json")  # what a manifest may list: plain names, never paths
+FILES = (*LISTED, MANIFEST)  # every file of a checkpoint
 
 
 def sha256(data: bytes) -> str:
@@ -65,52 +65,70 @@ def upload_checkpoint(local_dir: str | Path, fs: pafs.FileSystem, dest: str) -> 
 
 
 def checkpoint_files(uri: str, endpoint: str = "") -> dict[str, bytes]:
-    """Every file its manifest lists (manifest.json included) -> bytes, each checked against its sha256."""
-    storage.check(uri, endpoint)
-    fs, directory = storage.resolve(uri, endpoint)
-    try:
-        raw_manifest = storage.read_bytes(fs, f"{directory}/{MANIFEST}")
-        manifest = json.loads(raw_manifest)
-        listed = manifest["files"]
-        files = {name: storage.read_bytes(fs, f"{directory}/{name}") for name in listed}
-    except StorageError as e:
-        raise CheckpointError(f"checkpoint {uri}: {e}") from None
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"checkpoint {uri}: {MANIFEST} is corrupt") from None
-    for name, data in files.items():
-        if sha256(data) != listed[name]:
-            raise CheckpointError(f"checkpoint {uri}: {name} does not match the sha256 in its {MANIFEST} "
-                                  "(tampered or corrupt)")
-    return {**files, MANIFEST: raw_manifest}
+    """Every file its manifest lists (manifest.json included) -> bytes, each checked against its sha256.
+    `uri` is the checkpoint directory or a `.pt` file in it (local path or URI)."""
+    return _read_checkpoint(uri, endpoint)[0]
 
 
 def load_checkpoint(uri: str | Path, endpoint: str = "") -> dict[str, Any]:
-    """Load a checkpoint (a directory holding checkpoint.pt, or the file; local or URI): its sha256
-    is checked against the manifest, then it is unpickled with weights_only=True. `endpoint` is
-    the S3 endpoint for s3:// URIs (see `lstmclf.storage.endpoint_url`)."""
-    uri = str(uri)
-    storage.check(uri, endpoint)
-    fs, path = storage.resolve(uri, endpoint)
-    directory = path.rsplit("/", 1)[0] if path.endswith(".pt") else path
-    path = f"{directory}/{FILE}"
-    try:
-        manifest = json.loads(storage.read_bytes(fs, f"{directory}/{MANIFEST}"))
-        raw = storage.read_bytes(fs, path)
-    except StorageError as e:
-        raise CheckpointError(f"checkpoint {uri}: {e}") from None
-    except json.JSONDecodeError:
-        raise CheckpointError(f"checkpoint {uri}: {MANIFEST} is corrupt") from None
-    expected = manifest.get("files", {}).get(FILE) if isinstance(manifest, dict) else None
-    if sha256(raw) != expected:
-        raise CheckpointError(f"checkpoint {path} does not match the sha256 in its {MANIFEST} (tampered or corrupt)")
+    """Load a checkpoint (a directory holding checkpoint.pt, or the file; local or URI): every file is
+    checked against the manifest's sha256, then checkpoint.pt is unpickled with weights_only=True.
+    `endpoint` is the S3 endpoint for s3:// URIs (see `lstmclf.storage.endpoint_url`)."""
+    files, shown = _read_checkpoint(str(uri), endpoint)
+    return state_from_bytes(files[FILE], f"{shown}/{FILE}")
+
+
+def state_from_bytes(raw: bytes, where: str) -> dict[str, Any]:
+    """checkpoint.pt's bytes, already checked against a manifest -> its state, unpickled with
+    weights_only=True (no code runs); `where` names the file in the one-line errors."""
     try:
         state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint: {first[:200]}") from None
+        raise CheckpointError(f"checkpoint {where} is corrupt or not a checkpoint: {first[:200]}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
-        raise CheckpointError(f"checkpoint {path} is not an lstmclf checkpoint (format {FORMAT})")
+        raise CheckpointError(f"checkpoint {where} is not an lstmclf checkpoint (format {FORMAT})")
     return state
+
+
+def _read_checkpoint(uri: str, endpoint: str) -> tuple[dict[str, bytes], str]:
+    """-> (name: bytes of every file, manifest.json included, each checked against its sha256; where
+    messages point: the absolute local directory, or the directory's URI)."""
+    storage.check(uri, endpoint)
+    fs, path = storage.resolve(uri, endpoint)
+    directory = path.rsplit("/", 1)[0] if path.endswith(".pt") else path
+    shown = directory
+    if storage.is_remote(uri):  # keep the scheme, which resolve() drops
+        shown = uri.rstrip("/")
+        shown = shown.rsplit("/", 1)[0] if shown.endswith(".pt") else shown
+    try:
+        raw_manifest = storage.read_bytes(fs, f"{directory}/{MANIFEST}")
+        listed = _listed(raw_manifest, shown)
+        files = {name: storage.read_bytes(fs, f"{directory}/{name}") for name in listed}
+    except StorageError as e:
+        raise CheckpointError(f"checkpoint {uri}: {e}") from None
+    for name, data in files.items():
+        if sha256(data) != listed[name]:
+            raise CheckpointError(f"checkpoint {shown}/{name} does not match the sha256 in its {MANIFEST} "
+                                  "(tampered or corrupt)")
+    return {**files, MANIFEST: raw_manifest}, shown
+
+
+def _listed(raw_manifest: bytes, shown: str) -> dict[str, str]:
+    """manifest.json -> file name: sha256, the names only those a checkpoint is made of."""
+    try:
+        listed = json.loads(raw_manifest)["files"]
+    except (ValueError, KeyError, TypeError):
+        listed = None
+    if not isinstance(listed, dict) or not all(isinstance(h, str) for h in listed.values()):
+        raise CheckpointError(f"checkpoint {shown}: {MANIFEST} is corrupt")
+    for name in listed:
+        if name not in LISTED:  # a path such as ../x would be read from, and copied to, outside the checkpoint
+            raise CheckpointError(f"checkpoint {shown}: {MANIFEST} lists {name[:100]!r}, not a checkpoint file "
+                                  f"({', '.join(LISTED)}); refusing it")
+    if FILE not in listed:
+        raise CheckpointError(f"checkpoint {shown}: {MANIFEST} does not list {FILE}")
+    return listed
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> tuple[Classifier, Config]:

@@ -10,20 +10,21 @@ from typing import Any
 import torch
 
 from lstmclf.checkpoint import load_checkpoint, model_from_checkpoint
-from lstmclf.data import BatchLoader, Split, load_splits, to_tensors
+from lstmclf.data import BatchLoader, Split, load_test, to_tensors
 from lstmclf.engine import evaluate
 from lstmclf.errors import DataError
 
 
-def evaluate_checkpoint(uri: str, test: Split | None = None, *, device: torch.device | None = None,
+def evaluate_checkpoint(uri: str, test: Split | None = None, *, data: str = "", device: torch.device | None = None,
                         batch_size: int = 1024, endpoint: str = "") -> dict[str, Any]:
-    """Metrics of a checkpoint on a test split (default: the test files of the checkpoint's own
-    dataset), with the checkpoint's own normalisation; `endpoint`: the S3 endpoint of s3:// URIs."""
+    """Metrics of a checkpoint on a test split (default: the test files of `data`, else of the
+    checkpoint's own dataset; only those two files are read), with the checkpoint's own
+    normalisation; `endpoint`: the S3 endpoint of s3:// URIs."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state = load_checkpoint(uri, endpoint)
     model, cfg = model_from_checkpoint(state)
     if test is None:
-        test = load_splits(cfg.data.path, num_classes=state["data"]["num_classes"], endpoint=endpoint).test
+        test = load_test(data or cfg.data.path, num_classes=state["data"]["num_classes"], endpoint=endpoint)
     info = state["data"]
     if [1, *test.images.shape[1:]] != list(info["image_shape"]):
         raise DataError(f"test images are {list(test.images.shape[1:])}, the checkpoint's model takes "

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import socket
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import yaml
 
 from lstmclf import storage
-from lstmclf.checkpoint import checkpoint_files, load_checkpoint, model_from_checkpoint, sha256
+from lstmclf.checkpoint import FILE, FILES, checkpoint_files, model_from_checkpoint, sha256, state_from_bytes
 from lstmclf.config import Config
 from lstmclf.errors import CheckpointError, RegistryError, StorageError
 from lstmclf.models import Classifier
@@ -117,15 +116,20 @@ class _LocalStore:
     def _etag(data: bytes) -> str:
         return f'"{hashlib.sha256(data).hexdigest()[:32]}"'
 
+    def _path(self, rel: str) -> Path:
+        if rel.startswith("/") or ".." in rel.split("/"):  # keys are relative and stay under the root
+            raise RegistryError(f"registry {self.root}: refusing the key {rel[:200]!r}")
+        return self.root / rel
+
     def get(self, rel: str) -> tuple[bytes, str] | None:
         try:
-            data = (self.root / rel).read_bytes()
+            data = self._path(rel).read_bytes()
         except FileNotFoundError:
             return None
         return data, self._etag(data)
 
     def put(self, rel: str, data: bytes, *, create_only: bool = False, if_match: str | None = None) -> str:
-        path = self.root / rel
+        path = self._path(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
@@ -138,9 +142,11 @@ class _LocalStore:
         return self._etag(data)
 
     def list(self, rel_prefix: str) -> list[str]:
-        if not self.root.is_dir():
+        # Walk only the directory the prefix ends in ("m/versions/" -> root/m/versions), not the registry.
+        base = self._path(rel_prefix.rpartition("/")[0]) if "/" in rel_prefix else self.root
+        if not base.is_dir():
             return []
-        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        keys = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
         return sorted(k for k in keys if k.startswith(rel_prefix) and k != ".lock" and ".tmp-" not in k)
 
 
@@ -163,16 +169,16 @@ class Registry:
                 self._backend = _LocalStore(self.uri)
         return self._backend
 
-    def register(self, checkpoint_uri: str, name: str, *, source: str = "",
-                 checkpoint_endpoint: str | None = None) -> int:
+    def register(self, checkpoint_uri: str, name: str, *, source: str = "") -> int:
         """Copy a checkpoint (its files verified against its manifest first) into a new, immutable
         version of `name`; returns the version number. `source` names the experiment it came from
-        (default: the checkpoint's parent directory)."""
+        (default: the checkpoint's parent directory). An s3:// checkpoint is read through the registry's
+        endpoint. Only a checkpoint's own files (see `lstmclf.checkpoint.FILES`) are copied."""
         _check_name(name)
         checkpoint_uri = checkpoint_uri.rstrip("/").removesuffix("/checkpoint.pt")
         if not storage.is_remote(checkpoint_uri):
             checkpoint_uri = storage.resolve(checkpoint_uri)[1]
-        files = checkpoint_files(checkpoint_uri, self.endpoint if checkpoint_endpoint is None else checkpoint_endpoint)
+        files = checkpoint_files(checkpoint_uri, self.endpoint)  # refuses names other than FILES
         try:
             config = yaml.safe_load(files["config.yaml"])
             metrics = json.loads(files["metrics.json"])
@@ -216,18 +222,19 @@ class Registry:
         got = self._store.get(f"{name}/{CHAMPION_FILE}")
         return None if got is None else (int(json.loads(got[0])["version"]), got[1])
 
-    def promote(self, name: str, version: int | str, expected: str | None = None) -> str:
+    def promote(self, name: str, version: int | str, expected: str | None = None) -> tuple[int, str]:
         """Make `version` the champion, provided the pointer is still what the caller read: `expected`
         is the etag from `champion()`, None when there was no champion. Of two concurrent promotions
-        from the same reading exactly one wins; the other raises RegistryError. Returns the new etag."""
+        from the same reading exactly one wins; the other raises RegistryError. Returns (version
+        number, new etag), what `champion()` now returns."""
         v = self._number(name, version)
         if v not in self.versions(name):
             raise RegistryError(f"registry {self.uri}: {name} has no version {v} (versions: {self._listing(name)})")
         pointer = {"version": v, "promoted_at": _now(), "by": f"{socket.gethostname()}:{os.getpid()}",
                    "nonce": uuid.uuid4().hex}  # distinct bytes, so distinct etags, for every promotion
         try:
-            return self._store.put(f"{name}/{CHAMPION_FILE}", json.dumps(pointer).encode(),
-                                   create_only=expected is None, if_match=expected)
+            return v, self._store.put(f"{name}/{CHAMPION_FILE}", json.dumps(pointer).encode(),
+                                      create_only=expected is None, if_match=expected)
         except _Precondition:
             now = self.champion(name)
             raise RegistryError(f"registry {self.uri}: the champion of {name} changed since it was read (now "
@@ -236,18 +243,25 @@ class Registry:
     def load(self, name: str, version: int | str = "champion") -> tuple[Classifier, Config, dict[str, Any]]:
         """(model in eval mode on CPU, its config, the checkpoint state) of a version; every file is
         checked against version.json, and the weights are unpickled with weights_only=True."""
-        manifest = self.show(name, version)
-        v = manifest["version"]
-        with tempfile.TemporaryDirectory() as tmp:
-            for fname, entry in manifest["files"].items():
-                got = self._store.get(f"{name}/versions/{v:06d}/{fname}")
-                if got is None:
-                    raise CheckpointError(f"registry {self.uri}: {name} version {v} lacks {fname}")
-                if sha256(got[0]) != entry["sha256"]:
-                    raise CheckpointError(f"registry {self.uri}: {name} version {v}: {fname} does not match the "
-                                          f"sha256 in its {VERSION_FILE} (tampered or corrupt); refusing to load")
-                (Path(tmp) / fname).write_bytes(got[0])
-            state = load_checkpoint(tmp)
+        v = self._number(name, version)
+        where = f"{name}/versions/{v:06d}"
+        listed = self.show(name, v).get("files")
+        if not isinstance(listed, dict) or FILE not in listed:
+            raise CheckpointError(f"registry {self.uri}: {name} version {v}: {VERSION_FILE} does not list {FILE}")
+        for fname in listed:
+            if fname not in FILES:  # a path such as ../x would be read from outside the version
+                raise CheckpointError(f"registry {self.uri}: {name} version {v}: {VERSION_FILE} lists "
+                                      f"{fname[:100]!r}, not a checkpoint file ({', '.join(FILES)}); refusing to load")
+        files: dict[str, bytes] = {}  # verified in memory: nothing is written anywhere
+        for fname, entry in listed.items():
+            got = self._store.get(f"{where}/{fname}")
+            if got is None:
+                raise CheckpointError(f"registry {self.uri}: {name} version {v} lacks {fname}")
+            if sha256(got[0]) != (entry.get("sha256") if isinstance(entry, dict) else None):
+                raise CheckpointError(f"registry {self.uri}: {name} version {v}: {fname} does not match the "
+                                      f"sha256 in its {VERSION_FILE} (tampered or corrupt); refusing to load")
+            files[fname] = got[0]
+        state = state_from_bytes(files[FILE], f"{self.uri}/{where}/{FILE}")
         model, cfg = model_from_checkpoint(state)
         return model, cfg, state
 

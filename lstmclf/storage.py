@@ -127,8 +127,9 @@ def resolve(uri: str, endpoint: str = "") -> tuple[pafs.FileSystem, str]:
     return fs, path.rstrip("/")
 
 
-def s3_client(endpoint: str = "", *, attempts: int = 10, timeout: float = 30):
-    """A boto3 S3 client for the endpoint in force (standard retry mode: throttling, 5xx, timeouts)."""
+def s3_client(endpoint: str = "", *, attempts: int = S3_ATTEMPTS, timeout: float = 30):
+    """A boto3 S3 client for the endpoint in force (standard retry mode: throttling, 5xx, timeouts),
+    by default with the same `S3_ATTEMPTS` per request as the pyarrow filesystem."""
     import boto3
     from botocore.config import Config as BotoConfig
 
@@ -271,6 +272,17 @@ def write_file(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         retry(write, f"writing {path}")
     except OSError as e:
         raise StorageError(f"cannot write {path}: {redact(str(e))}") from None
+
+
+def delete_file(fs: pafs.FileSystem, path: str) -> None:
+    """Delete one file (gone already is fine), retried on transient errors. On S3, pyarrow then
+    writes an empty `{parent}/` directory marker (apache/arrow#36275); readers list files only."""
+    try:
+        retry(lambda: fs.delete_file(path), f"deleting {path}")
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StorageError(f"cannot delete {path}: {redact(str(e))}") from None
 
 
 def write_bytes(uri: str, data: bytes, endpoint: str = "") -> None:

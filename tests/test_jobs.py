@@ -3,12 +3,14 @@
 import hashlib
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_job
 
 from lstmclf.checkpoint import save_checkpoint
 from lstmclf.config import Config
+from lstmclf.data import encode_idx
 from lstmclf.models import build_model
 
 
@@ -66,3 +68,21 @@ def test_evaluate_refuses_a_tampered_or_missing_checkpoint(tmp_path):
 
     res = run_job("evaluate.py", str(tmp_path / "nowhere"), timeout=120)
     assert res.returncode == 2 and res.stderr.startswith("error: checkpoint") and "does not exist" in res.stderr
+
+
+def test_evaluate_reads_only_the_test_files_with_the_checkpoints_classes(tmp_path):
+    write_checkpoint(tmp_path / "ckpt")
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "train-images-idx3-ubyte").write_bytes(b"never read")  # and no training labels at all
+    (d / "t10k-images-idx3-ubyte").write_bytes(encode_idx(np.zeros((30, 28, 28), np.uint8)))
+    labels = np.arange(30, dtype=np.uint8) % 10
+    (d / "t10k-labels-idx1-ubyte").write_bytes(encode_idx(labels))
+    res = run_job("evaluate.py", str(tmp_path / "ckpt"), "--data", str(d), "--out", str(tmp_path / "eval"), timeout=120)
+    assert res.returncode == 0 and res.stdout.splitlines()[0].endswith("(30 test images)"), res.stderr
+    labels[[3, 7]] = 12  # beyond the checkpoint's 10 classes
+    (d / "t10k-labels-idx1-ubyte").write_bytes(encode_idx(labels))
+    res = run_job("evaluate.py", str(tmp_path / "ckpt"), "--data", str(d), "--out", str(tmp_path / "bad"), timeout=120)
+    assert res.returncode == 2 and res.stderr == (f"error: dataset {d} test labels: label 12 at index 3 is out of "
+                                                  "range [0, 10) (2 such labels)\n")
+    assert not (tmp_path / "bad").exists()

@@ -1,7 +1,9 @@
 """The model registry, on a local directory and on a real S3 server: register, list, show, promote
 (conditionally: one winner of two concurrent promotions), load with every file's sha256 checked."""
 
+import hashlib
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -52,12 +54,13 @@ def test_register_list_show_promote_load(where, tmp_path):
     assert set(v2["files"]) == {"checkpoint.pt", "config.yaml", "metrics.json", "manifest.json"}
     assert read("mnist/versions/000002/checkpoint.pt") == (tmp_path / "run/epoch_0002/checkpoint.pt").read_bytes()
 
-    etag = r.promote("mnist", 1)  # no champion yet: create-only
-    assert r.champion("mnist") == (1, etag)
+    v, etag = r.promote("mnist", 1)  # no champion yet: create-only
+    assert v == 1 and r.champion("mnist") == (1, etag)
     with pytest.raises(RegistryError, match="the champion of mnist changed since it was read"):
         r.promote("mnist", 2)  # believes there is none: stale
-    r.promote("mnist", 2, expected=etag)
+    assert r.promote("mnist", "v2", expected=etag) == r.champion("mnist")
     assert r.champion("mnist")[0] == 2 and r.show("mnist")["version"] == 2
+    assert r.promote("mnist", "champion", expected=r.champion("mnist")[1])[0] == 2  # resolved to its number
 
     x = torch.rand(3, 1, 28, 28)
     model, cfg, state = r.load("mnist")  # the champion
@@ -104,7 +107,7 @@ def test_concurrent_promotions_leave_exactly_one_winner(where, tmp_path):
             r.champion("m")  # connect before the race
             barrier.wait()
             try:
-                wins.append((version, r.promote("m", version, expected=token)))
+                wins.append(r.promote("m", version, expected=token))
             except RegistryError as e:
                 losses.append(str(e))
 
@@ -114,7 +117,7 @@ def test_concurrent_promotions_leave_exactly_one_winner(where, tmp_path):
         for t in threads:
             t.join()
         assert len(wins) == 1 and len(losses) == 1, (wins, losses)
-        assert setup.champion("m") == wins[0]  # the pointer is the winner's
+        assert setup.champion("m") == wins[0] and wins[0][0] in (2, 3)  # the pointer is the winner's
         assert "changed since it was read" in losses[0]
 
 
@@ -139,6 +142,54 @@ def test_a_tampered_file_is_refused(where, tmp_path):
     with pytest.raises(CheckpointError, match=r"metrics\.json does not match the sha256 in its manifest\.json"):
         r.register(str(bad), "m")
     assert r.versions("m") == [1, 2]
+
+
+def test_file_names_outside_the_checkpoint_are_refused(where, tmp_path):
+    """A name in a checkpoint's manifest.json or a version's version.json is a path: `../evil` must
+    neither be copied out of the checkpoint nor read from outside the version, even with its right hash."""
+    uri, endpoint, read, write = where
+    r = Registry(uri, endpoint)
+    make_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
+    r.register(str(tmp_path / "ckpt"), "m")
+
+    evil = b"not a checkpoint file"
+    (tmp_path / "evil").write_bytes(evil)  # ckpt/../evil exists and matches the hash listed for it
+    manifest = json.loads((tmp_path / "ckpt" / "manifest.json").read_text())
+    for name in ("../evil", str(tmp_path / "evil")):
+        tampered = {**manifest, "files": {**manifest["files"], name: hashlib.sha256(evil).hexdigest()}}
+        (tmp_path / "ckpt" / "manifest.json").write_text(json.dumps(tampered))
+        with pytest.raises(CheckpointError, match=rf"manifest\.json lists '{re.escape(name)}', not a checkpoint file "
+                                                  r"\(checkpoint\.pt, config\.yaml, metrics\.json\); refusing it$"):
+            r.register(str(tmp_path / "ckpt"), "m")
+    assert r.versions("m") == [1]
+
+    write("m/versions/evil", evil)  # where m/versions/000001/../evil points
+    version = json.loads(read("m/versions/000001/version.json"))
+    for name in ("../evil", "/tmp/evil"):
+        version["files"] = {**version["files"], name: {"sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)}}
+        write("m/versions/000001/version.json", json.dumps(version).encode())
+        with pytest.raises(CheckpointError, match=rf"m version 1: version\.json lists '{re.escape(name)}', not a "
+                                                  r"checkpoint file .*; refusing to load$"):
+            r.load("m", 1)
+        del version["files"][name]
+    write("m/versions/000001/version.json", json.dumps(version).encode())
+    assert r.load("m", 1)[2]["epoch"] == 2  # untampered again
+
+
+def test_registry_job_locally(tmp_path):
+    make_checkpoint(tmp_path / "run" / "epoch_0003", seed=0, val_acc=0.875)
+    reg = ["--registry", str(tmp_path / "registry")]
+    res = run_job("registry.py", *reg, "list")
+    assert res.returncode == 0 and res.stdout == f"no models in {tmp_path / 'registry'}\n", res.stderr
+    for _ in range(2):
+        res = run_job("registry.py", *reg, "register", str(tmp_path / "run" / "epoch_0003"), "--name", "mnist")
+        assert res.returncode == 0, res.stderr
+    res = run_job("registry.py", *reg, "promote", "mnist", "v2")
+    assert res.returncode == 0 and res.stdout == "mnist: champion is now version 2 (was none)\n", res.stderr
+    res = run_job("registry.py", *reg, "promote", "mnist", "champion")  # printed its number, not a traceback
+    assert res.returncode == 0 and res.stdout == "mnist: champion is now version 2 (was version 2)\n", res.stderr
+    res = run_job("registry.py", *reg, "list")
+    assert res.returncode == 0 and res.stdout == "mnist: versions 1, 2; champion version 2\n", res.stderr
 
 
 @pytest.mark.slow

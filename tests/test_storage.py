@@ -2,6 +2,7 @@
 
 The S3 tests run against a real SeaweedFS on 127.0.0.1 (the session's `s3` fixture)."""
 
+import gzip
 import json
 import pickle
 
@@ -32,7 +33,11 @@ def test_resolve_local_and_s3(tmp_path, monkeypatch):
     assert options(storage.resolve("s3://bucket")[0])["endpoint_override"] == "minio.example:9443"
     assert options(storage.resolve("s3://bucket", "http://other:1")[0])["endpoint_override"] == "other:1"
     again = pickle.loads(pickle.dumps(fs))  # as Ray ships it to workers: retries and endpoint kept
-    assert again._args == fs._args == (storage.S3_ATTEMPTS, again._args[1]) and again == fs
+    assert type(again) is storage.RetryingS3FileSystem and again == fs  # pyarrow's own pickling gives S3FileSystem
+    assert again._args[0] == storage.S3_ATTEMPTS and options(again)["endpoint_override"] == "127.0.0.1:9000"
+    assert options(again)["scheme"] == "http" and again._args == fs._args
+    few = pickle.loads(pickle.dumps(storage.RetryingS3FileSystem(5, endpoint_override="h:1", region="us-east-1")))
+    assert type(few) is storage.RetryingS3FileSystem and few._args[0] == 5  # the count travels, not the default
     with pytest.raises(StorageError, match=r"s3://\*\*\*@bucket/p: credentials do not belong in a URI"):
         storage.resolve(f"s3://{ACCESS_KEY}:{SECRET_KEY}@bucket/p")
 
@@ -161,6 +166,16 @@ def test_data_published_to_s3_is_verified_by_its_manifest(s3, tmp_path):
                   timeout=120)
     assert res.returncode == 2 and res.stderr == (f"error: dataset {uri}: train-images-idx3-ubyte does not match "
                                                   "the sha256 in its manifest.json (corrupt or replaced)\n")
+
+    gz = tmp_path / "gz"  # the same set gzipped, forced over it: the raw objects go, one file per role stays
+    gz.mkdir()
+    for p in src.iterdir():
+        (gz / f"{p.name}.gz").write_bytes(gzip.compress(p.read_bytes()))
+    assert prepare_dataset(str(gz), uri, endpoint=s3.endpoint, force=True)[1]
+    # pyarrow's delete_file also PUTs an empty "{prefix}/" directory marker (apache/arrow#36275): no file
+    assert [k for k in s3.keys(uri) if k] == ["manifest.json", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+                                            "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    assert np.array_equal(load_splits(uri, endpoint=s3.endpoint).train.images, local.train.images)
 
 
 def test_metrics_records_read_as_one_table(tmp_path):

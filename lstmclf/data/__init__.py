@@ -6,6 +6,7 @@ from lstmclf.data.dataset import (
     Splits,
     build_splits,
     load_splits,
+    load_test,
     prepare_dataset,
     read_arrays,
     sample_dir,
@@ -14,6 +15,6 @@ from lstmclf.data.idx import encode_idx, parse_idx
 from lstmclf.data.loader import BatchLoader, random_shift, to_tensors
 
 __all__ = [
-    "SAMPLE", "BatchLoader", "Split", "Splits", "build_splits", "encode_idx", "load_splits", "parse_idx",
-    "prepare_dataset", "random_shift", "read_arrays", "sample_dir", "to_tensors",
+    "SAMPLE", "BatchLoader", "Split", "Splits", "build_splits", "encode_idx", "load_splits", "load_test",
+    "parse_idx", "prepare_dataset", "random_shift", "read_arrays", "sample_dir", "to_tensors",
 ]

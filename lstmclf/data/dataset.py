@@ -68,10 +68,15 @@ def _listing(uri: str, endpoint: str) -> tuple[Any, str, list[str]]:
         raise DataError(f"dataset {uri}: {e}") from None
 
 
-def _match(uri: str, root: str, names: list[str]) -> dict[str, str]:
+def _is_role(name: str, role: str) -> bool:
+    return re.fullmatch(rf"(.*-)?{FILES[role]}", name) is not None
+
+
+def _match(uri: str, root: str, names: list[str], roles: tuple[str, ...]) -> dict[str, str]:
     found: dict[str, str] = {}
-    for role, pattern in FILES.items():
-        hits = [n for n in names if re.fullmatch(rf"(.*-)?{pattern}", n)]
+    for role in roles:
+        pattern = FILES[role]
+        hits = [n for n in names if _is_role(n, role)]
         if not hits:
             raise DataError(f"dataset {uri}: no file matching {pattern.replace(chr(92), '')} (found: "
                             f"{', '.join(names[:8]) or 'nothing'})")
@@ -81,14 +86,10 @@ def _match(uri: str, root: str, names: list[str]) -> dict[str, str]:
     return found
 
 
-def locate(uri: str, endpoint: str = "") -> dict[str, str]:
-    """Find the four IDX files under a directory or prefix -> role: full path."""
-    _, root, names = _listing(uri, endpoint)
-    return _match(uri, root, names)
-
-
-def read_files(uri: str, endpoint: str = "") -> dict[str, tuple[str, bytes, np.ndarray]]:
-    """Read and validate the four files -> role: (file name, raw bytes, array). Errors name the file.
+def read_files(uri: str, endpoint: str = "", roles: tuple[str, ...] = tuple(FILES)
+               ) -> dict[str, tuple[str, bytes, np.ndarray]]:
+    """Read and validate the four files (or only `roles` of them) -> role: (file name, raw bytes,
+    array). Errors name the file.
 
     Where a `manifest.json` lies beside them (prepared data), each file must match its sha256 and
     shape there: a corrupt or replaced object is refused before it is parsed."""
@@ -96,7 +97,7 @@ def read_files(uri: str, endpoint: str = "") -> dict[str, tuple[str, bytes, np.n
     fs, root, names = _listing(uri, endpoint)
     manifest = _read_manifest(fs, root, uri) if MANIFEST in names else None
     out = {}
-    for role, path in _match(uri, root, names).items():
+    for role, path in _match(uri, root, names, roles).items():
         try:
             raw = storage.read_bytes(fs, path)
         except StorageError as e:
@@ -121,21 +122,32 @@ def read_files(uri: str, endpoint: str = "") -> dict[str, tuple[str, bytes, np.n
             raise DataError(f"dataset {uri}: {name} has shape {list(arr.shape)}, "
                             f"its {MANIFEST} says {entry.get('shape')}")
         out[role] = (name, raw, arr)
-    for part in ("train", "test"):
+    parts = [part for part in ("train", "test") if f"{part}_images" in out and f"{part}_labels" in out]
+    for part in parts:
         n_img, n_lab = len(out[f"{part}_images"][2]), len(out[f"{part}_labels"][2])
         if n_img != n_lab:
             raise DataError(f"dataset {uri}: {n_img} {part} images but {n_lab} {part} labels")
-    train_shape, test_shape = out["train_images"][2].shape[1:], out["test_images"][2].shape[1:]
-    if train_shape != test_shape:
-        raise DataError(f"dataset {uri}: train images are {train_shape} but test images are {test_shape}")
-    if min(train_shape) < 8:
-        raise DataError(f"dataset {uri}: images of {train_shape} are smaller than 8x8")
+    shapes = {part: out[f"{part}_images"][2].shape[1:] for part in parts}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"dataset {uri}: train images are {shapes['train']} but test images are {shapes['test']}")
+    for shape in set(shapes.values()):
+        if min(shape) < 8:
+            raise DataError(f"dataset {uri}: images of {shape} are smaller than 8x8")
     return out
 
 
 def read_arrays(uri: str, endpoint: str = "") -> dict[str, np.ndarray]:
     """Read and validate the four files; returns role -> array. Errors name the file."""
     return {role: arr for role, (_, _, arr) in read_files(uri, endpoint).items()}
+
+
+def load_test(uri: str = SAMPLE, *, num_classes: int, endpoint: str = "") -> Split:
+    """Only the test split of a dataset (the two t10k files), read and validated as `load_splits`
+    does (manifest included) without reading the training files; labels must lie in [0, num_classes)."""
+    files = read_files(uri, endpoint, roles=("test_images", "test_labels"))
+    labels = files["test_labels"][2]
+    check_labels(labels, num_classes, f"dataset {uri} test labels")
+    return Split(files["test_images"][2], labels)
 
 
 def _read_manifest(fs: Any, root: str, uri: str) -> dict[str, Any]:
@@ -158,10 +170,7 @@ def prepare_dataset(src: str, dest: str, *, endpoint: str = "", num_classes: int
     Returns (manifest, uploaded); a `dest` already holding the same files is left as it is, one
     holding other data is refused unless `force`."""
     files = read_files(src, endpoint)
-    labels = files["train_labels"][2]
-    n_cls = num_classes or int(labels.max()) + 1
-    check_labels(labels, n_cls, f"{src} train labels")
-    check_labels(files["test_labels"][2], n_cls, f"{src} test labels")
+    n_cls = class_count({role: arr for role, (_, _, arr) in files.items()}, num_classes, str(src))
     manifest = {
         "format": 1, "num_classes": n_cls, "image_shape": list(files["train_images"][2].shape[1:]),
         "counts": {part: len(files[f"{part}_labels"][2]) for part in ("train", "test")},
@@ -180,10 +189,33 @@ def prepare_dataset(src: str, dest: str, *, endpoint: str = "", num_classes: int
         if isinstance(old, dict) and old.get("files") == manifest["files"]:
             return old, False
         raise DataError(f"{dest} already holds another dataset ({MANIFEST}); choose another destination or --force")
+    # Dataset files there that the new manifest does not list (train-images-idx3-ubyte.gz when the
+    # new set is raw) would make two candidates for one role: they go; any other file stays.
+    old_listed = old.get("files") if isinstance(old, dict) and isinstance(old.get("files"), dict) else {}
+    try:
+        present = storage.list_files(fs, root)
+    except StorageError:
+        present = []  # nothing there yet
+    stale = [n for n in present if n not in manifest["files"] and n != MANIFEST
+             and (n in old_listed or any(_is_role(n, role) for role in FILES))]
+    if stale and old is None and not force:
+        raise DataError(f"{dest} already holds IDX files ({', '.join(stale)}) without a {MANIFEST}; "
+                        "choose another destination or --force")
     for _role, (name, raw, _arr) in files.items():
         storage.write_file(fs, f"{root}/{name}", raw)
+    for name in stale:
+        storage.delete_file(fs, f"{root}/{name}")
     storage.write_file(fs, f"{root}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     return manifest, True
+
+
+def class_count(arrays: dict[str, np.ndarray], num_classes: int, name: str) -> int:
+    """The number of classes (`num_classes`, else the largest training label + 1), with the train and
+    test labels checked against it."""
+    n_cls = num_classes or int(arrays["train_labels"].max()) + 1
+    check_labels(arrays["train_labels"], n_cls, f"{name} train labels")
+    check_labels(arrays["test_labels"], n_cls, f"{name} test labels")
+    return n_cls
 
 
 def check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
@@ -216,9 +248,7 @@ def build_splits(arrays: dict[str, np.ndarray], *, num_classes: int = 0, val_fra
     """Validated arrays -> stratified train/val split of the training files and the (subset) test set."""
     tr_x, tr_y = arrays["train_images"], arrays["train_labels"]
     te_x, te_y = arrays["test_images"], arrays["test_labels"]
-    n_cls = num_classes or int(tr_y.max()) + 1
-    check_labels(tr_y, n_cls, f"{name} train labels")
-    check_labels(te_y, n_cls, f"{name} test labels")
+    n_cls = class_count(arrays, num_classes, name)
     if limit_train and limit_train < len(tr_y):
         keep, _ = stratified_take(tr_y, limit_train, seed)
         tr_x, tr_y = tr_x[keep], tr_y[keep]
