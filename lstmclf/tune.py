@@ -91,7 +91,8 @@ def _searcher(cfg: Config, trials: list[dict[str, Any]], max_concurrent: int) ->
     return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed))  # limited by TuneConfig
 
 
-def _scheduler(cfg: Config) -> Any:
+def scheduler(cfg: Config) -> Any:
+    """The trial scheduler: ASHA on `epoch` (metric and mode come from TuneConfig), or FIFO."""
     if cfg.tune.scheduler == "fifo":
         return tune.schedulers.FIFOScheduler()
     return tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs, grace_period=cfg.tune.grace_period,
@@ -196,7 +197,7 @@ def run(cfg: Config, *, resume: bool = False, splits: Splits | None = None) -> T
             trainable,
             param_space={k: _domain(d) for k, d in dists.items()},
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode="max", scheduler=_scheduler(cfg), search_alg=_searcher(cfg, trials, concurrent),
+                metric=METRIC, mode="max", scheduler=scheduler(cfg), search_alg=_searcher(cfg, trials, concurrent),
                 num_samples=len(trials) if cfg.tune.search == "random" else cfg.tune.num_samples,
                 max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=cfg.storage.name,
