@@ -9,7 +9,12 @@ and the recorded `epoch_s` durations delivers them. Trials start in trial-id ord
 `BasicVariantGenerator` issues them. A replay is computed, not measured: the measured run is the
 ground truth, and the replay of its own settings should match it.
 
-    python bench/asha_replay.py /tmp/asha-bench/bench-fifo --measured /tmp/asha-bench/bench-asha
+Beside each ASHA replay, a synchronous successive halving on the same rungs (every trial waits at a
+rung for all the others; the top 1/reduction_factor go on), for comparison. With `--test`, the
+best checkpoint of the three best full-budget trials and of every pick is evaluated on the test set,
+where that checkpoint was kept.
+
+    python bench/asha_replay.py /tmp/asha-bench/bench-fifo --measured /tmp/asha-bench/bench-asha --test
 """
 
 from __future__ import annotations
@@ -17,13 +22,19 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
-import pyarrow.dataset as ds
 from ray.tune.schedulers import TrialScheduler
 
-from lstmclf.config import Config
-from lstmclf.tune import scheduler
+from lstmclf.config import Config, load_config
+from lstmclf.evaluate import evaluate_checkpoint
+from lstmclf.records import read_metrics
+from lstmclf.train import load_data
+from lstmclf.tune import EXPERIMENT_CONFIG, scheduler
+
+Curves = dict[str, list[tuple[float, float]]]  # trial id -> [(val_acc, epoch_s) for epochs 1..n]
 
 
 @dataclass(frozen=True)
@@ -31,18 +42,30 @@ class _Trial:
     trial_id: str  # all the scheduler reads of a trial
 
 
-def curves(metrics_uri: str) -> dict[str, list[tuple[float, float]]]:
-    """trial id -> [(val_acc, epoch_s) for epochs 1..n], from an experiment's Parquet metrics table."""
-    rows = ds.dataset(metrics_uri, partitioning="hive").to_table(
-        columns=["trial_id", "epoch", "val_acc", "epoch_s"]).to_pylist()
-    out: dict[str, dict[int, tuple[float, float]]] = {}
-    for r in rows:
-        out.setdefault(r["trial_id"], {})[r["epoch"]] = (r["val_acc"], r["epoch_s"])
-    return {t: [e[k] for k in sorted(e)] for t, e in sorted(out.items())}
+def curves(experiment: str) -> Curves:
+    """An experiment's learning curves, from its Parquet metrics table."""
+    out: Curves = {}
+    for r in read_metrics(f"{experiment}/metrics").select(["trial_id", "val_acc", "epoch_s"]).to_pylist():
+        out.setdefault(r["trial_id"], []).append((r["val_acc"], r["epoch_s"]))  # sorted by trial, epoch
+    return out
 
 
-def replay(full: dict[str, list[tuple[float, float]]], epochs: int, grace: int, rf: int, slots: int) -> dict:
-    """Epochs ASHA runs, and the trial it ranks first (best validation accuracy seen), on these curves."""
+def best(full: Curves, t: str, epochs: int) -> tuple[float, int]:
+    """(best validation accuracy, its first epoch, as checkpoints and results rank) of trial `t` within
+    its first `epochs` epochs."""
+    acc, neg_epoch = max((acc, -e) for e, (acc, _) in enumerate(full[t][:epochs], start=1))
+    return acc, -neg_epoch
+
+
+def pick(full: Curves, ran: dict[str, int]) -> dict:
+    """What a search reports, given the epochs each trial ran: epochs spent and its first-ranked trial."""
+    top = max(ran, key=lambda t: best(full, t, ran[t]))
+    acc, epoch = best(full, top, ran[top])
+    return {"epochs_spent": sum(ran.values()), "best_trial": top, "best_val_acc": acc, "best_epoch": epoch}
+
+
+def replay(full: Curves, epochs: int, grace: int, rf: int, slots: int) -> dict:
+    """Ray's ASHA on these curves: epochs run per trial, and `pick`."""
     cfg = Config().override({"train.epochs": epochs, "tune.grace_period": grace, "tune.reduction_factor": rf})
     sched = scheduler(cfg)
     sched.set_search_properties("val_acc", "max")
@@ -67,27 +90,48 @@ def replay(full: dict[str, list[tuple[float, float]]], epochs: int, grace: int, 
         sched.on_trial_complete(None, _Trial(t), {"epoch": epoch, "val_acc": full[t][epoch - 1][0]})
         if pending:
             start(now)
-    best = max(ran, key=lambda t: max(a for a, _ in full[t][:ran[t]]))
-    return {"epochs_spent": sum(ran.values()), "epochs_run": ran, "best_trial": best,
-            "best_val_acc": max(a for a, _ in full[best][:ran[best]])}
+    return {**pick(full, ran), "epochs_run": ran}
+
+
+def successive_halving(full: Curves, epochs: int, grace: int, rf: int) -> dict:
+    """Synchronous successive halving on ASHA's rungs (grace * rf**k, counted as Ray does): at each
+    rung the top 1/rf of the trials still running go on."""
+    rungs = [grace * rf**k for k in range(int(math.log(epochs / grace) / math.log(rf) + 1))]
+    alive, ran = list(full), {}
+    for rung in rungs:
+        ran |= dict.fromkeys(alive, rung)
+        alive = sorted(alive, key=lambda t: -full[t][rung - 1][0])[:max(1, len(alive) // rf)]
+    ran |= dict.fromkeys(alive, epochs)
+    return pick(full, ran)
+
+
+def test_accuracy(experiment: str, picks: set[tuple[str, int]]) -> dict[str, float | None]:
+    """`trial@epoch` -> test accuracy of that kept checkpoint (None where it was not kept)."""
+    test = load_data(load_config(f"{experiment}/{EXPERIMENT_CONFIG}")).test
+    out = {}
+    for t, e in sorted(picks):
+        ckpt = Path(experiment) / "trials" / t / f"epoch_{e:04d}"
+        out[f"{t}@{e}"] = evaluate_checkpoint(str(ckpt), test)["acc"] if ckpt.is_dir() else None
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("full", help="a full-budget (tune.scheduler=fifo) experiment directory")
     p.add_argument("--measured", help="an ASHA experiment of the same configs, to check the replay against")
-    p.add_argument("--grid", default="1:2,1:3,1:4,2:2,2:3", help="grace:reduction_factor pairs")
-    p.add_argument("--slots", default="1,2,4", help="concurrent trials to replay")
+    p.add_argument("--grid", default="1:2,1:3,1:4,2:2,2:3,2:4", help="grace:reduction_factor pairs")
+    p.add_argument("--slots", default="1,2,4,16", help="concurrent trials to replay")
+    p.add_argument("--test", action="store_true", help="evaluate the picked checkpoints on the test set")
     a = p.parse_args()
 
-    full = curves(f"{a.full}/metrics")
+    full = curves(a.full)
     epochs = max(len(c) for c in full.values())
-    best_full = max(full, key=lambda t: max(v for v, _ in full[t]))
-    out: dict = {"trials": len(full), "epochs": epochs, "full_budget_epochs": len(full) * epochs,
-                 "full_best_trial": best_full, "full_best_val_acc": max(v for v, _ in full[best_full])}
+    budget = len(full) * epochs
+    out: dict = {"trials": len(full), "epochs": epochs, "full_budget_epochs": budget,
+                 "full_budget": pick(full, dict.fromkeys(full, epochs))}
     if a.measured:
         # Same config index, same seed: the measured ASHA curves must be prefixes of the full ones.
-        asha = curves(f"{a.measured}/metrics")
+        asha = curves(a.measured)
         index = {t.rsplit("_", 1)[-1]: t for t in full}
         mismatch = [(t, e) for t, c in asha.items() for e, (v, _) in enumerate(c)
                     if v != full[index[t.rsplit("_", 1)[-1]]][e][0]]
@@ -95,11 +139,17 @@ def main() -> None:
     out["replays"] = []
     for pair in a.grid.split(","):
         grace, rf = (int(x) for x in pair.split(":"))
-        for slots in (int(s) for s in a.slots.split(",")):
-            r = replay(full, epochs, grace, rf, slots)
-            out["replays"].append({"grace": grace, "rf": rf, "slots": slots, "epochs_spent": r["epochs_spent"],
-                                   "fraction": round(r["epochs_spent"] / out["full_budget_epochs"], 3),
-                                   "best_trial": r["best_trial"], "best_val_acc": r["best_val_acc"]})
+        runs = [("sync", successive_halving(full, epochs, grace, rf))]
+        runs += [(slots, replay(full, epochs, grace, rf, slots)) for slots in map(int, a.slots.split(","))]
+        for slots, r in runs:
+            out["replays"].append({"grace": grace, "rf": rf, "slots": slots,
+                                   "fraction": round(r["epochs_spent"] / budget, 3),
+                                   **{k: v for k, v in r.items() if k != "epochs_run"}})
+    if a.test:
+        top3 = sorted(full, key=lambda t: best(full, t, epochs), reverse=True)[:3]
+        picks = {(t, best(full, t, epochs)[1]) for t in top3}
+        picks |= {(r["best_trial"], r["best_epoch"]) for r in out["replays"]}
+        out["test_acc"] = test_accuracy(a.full, picks)
     print(json.dumps(out, indent=2))
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +95,12 @@ def state_from_bytes(raw: bytes, where: str) -> dict[str, Any]:
 def _read_checkpoint(uri: str, endpoint: str) -> tuple[dict[str, bytes], str]:
     """-> (name: bytes of every file, manifest.json included, each checked against its sha256; where
     messages point: the absolute local directory, or the directory's URI)."""
-    storage.check(uri, endpoint)
-    fs, path = storage.resolve(uri, endpoint)
-    directory = path.rsplit("/", 1)[0] if path.endswith(".pt") else path
-    shown = directory
-    if storage.is_remote(uri):  # keep the scheme, which resolve() drops
-        shown = uri.rstrip("/")
-        shown = shown.rsplit("/", 1)[0] if shown.endswith(".pt") else shown
+    directory_uri = uri.rstrip("/")
+    if directory_uri.endswith(".pt"):  # the checkpoint file -> its directory
+        directory_uri = directory_uri.rsplit("/", 1)[0]
+    storage.check(directory_uri, endpoint)
+    fs, directory = storage.resolve(directory_uri, endpoint)
+    shown = directory_uri if storage.is_remote(directory_uri) else directory  # resolve() drops the scheme
     try:
         raw_manifest = storage.read_bytes(fs, f"{directory}/{MANIFEST}")
         listed = _listed(raw_manifest, shown)
@@ -122,13 +122,21 @@ def _listed(raw_manifest: bytes, shown: str) -> dict[str, str]:
         listed = None
     if not isinstance(listed, dict) or not all(isinstance(h, str) for h in listed.values()):
         raise CheckpointError(f"checkpoint {shown}: {MANIFEST} is corrupt")
-    for name in listed:
-        if name not in LISTED:  # a path such as ../x would be read from, and copied to, outside the checkpoint
-            raise CheckpointError(f"checkpoint {shown}: {MANIFEST} lists {name[:100]!r}, not a checkpoint file "
-                                  f"({', '.join(LISTED)}); refusing it")
-    if FILE not in listed:
-        raise CheckpointError(f"checkpoint {shown}: {MANIFEST} does not list {FILE}")
+    check_listing(listed, LISTED, f"checkpoint {shown}: {MANIFEST}", "refusing it")
     return listed
+
+
+def check_listing(names: Iterable[str], allowed: tuple[str, ...], listing: str, refusal: str) -> None:
+    """Refuse a listing (`listing` names it in the error) of a file other than `allowed`, or one
+    without checkpoint.pt: a listed path such as ../x would be read from, or copied to, outside the
+    checkpoint."""
+    names = list(names)
+    for name in names:
+        if name not in allowed:
+            raise CheckpointError(f"{listing} lists {name[:100]!r}, not a checkpoint file ({', '.join(allowed)}); "
+                                  f"{refusal}")
+    if FILE not in names:
+        raise CheckpointError(f"{listing} does not list {FILE}")
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> tuple[Classifier, Config]:

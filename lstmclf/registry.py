@@ -30,7 +30,15 @@ from typing import Any
 import yaml
 
 from lstmclf import storage
-from lstmclf.checkpoint import FILE, FILES, checkpoint_files, model_from_checkpoint, sha256, state_from_bytes
+from lstmclf.checkpoint import (
+    FILE,
+    FILES,
+    check_listing,
+    checkpoint_files,
+    model_from_checkpoint,
+    sha256,
+    state_from_bytes,
+)
 from lstmclf.config import Config
 from lstmclf.errors import CheckpointError, RegistryError, StorageError
 from lstmclf.models import Classifier
@@ -246,12 +254,9 @@ class Registry:
         v = self._number(name, version)
         where = f"{name}/versions/{v:06d}"
         listed = self.show(name, v).get("files")
-        if not isinstance(listed, dict) or FILE not in listed:
-            raise CheckpointError(f"registry {self.uri}: {name} version {v}: {VERSION_FILE} does not list {FILE}")
-        for fname in listed:
-            if fname not in FILES:  # a path such as ../x would be read from outside the version
-                raise CheckpointError(f"registry {self.uri}: {name} version {v}: {VERSION_FILE} lists "
-                                      f"{fname[:100]!r}, not a checkpoint file ({', '.join(FILES)}); refusing to load")
+        if not isinstance(listed, dict):
+            listed = {}  # refused just below: checkpoint.pt is not listed
+        check_listing(listed, FILES, f"registry {self.uri}: {name} version {v}: {VERSION_FILE}", "refusing to load")
         files: dict[str, bytes] = {}  # verified in memory: nothing is written anywhere
         for fname, entry in listed.items():
             got = self._store.get(f"{where}/{fname}")
