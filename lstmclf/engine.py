@@ -69,6 +69,19 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model on `device`; on GPU in channels_last, which bf16 convolutions run faster in."""
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model.to(device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on a GPU (kernels run asynchronously), so a timer read next counts it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                 loss_fn: nn.Module, *, device: torch.device, grad_clip: float = 0.0) -> tuple[torch.Tensor, int]:

@@ -32,7 +32,7 @@ from lstmclf import records, storage
 from lstmclf.checkpoint import MANIFEST, load_checkpoint, save_checkpoint, upload_checkpoint
 from lstmclf.config import Config, check_resumable
 from lstmclf.data import BatchLoader, Splits, load_splits, to_tensors
-from lstmclf.engine import build_loss, build_optimizer, build_scheduler, evaluate, train_epoch
+from lstmclf.engine import build_loss, build_optimizer, build_scheduler, evaluate, place_model, synchronize, train_epoch
 from lstmclf.errors import DataError, StorageError
 from lstmclf.evaluate import evaluate_checkpoint, headline
 from lstmclf.models import build_model
@@ -75,10 +75,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     torch.manual_seed(cfg.train.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
-    model = build_model(cfg.model, splits.num_classes, splits.image_shape)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    model = model.to(device)
+    model = place_model(build_model(cfg.model, splits.num_classes, splits.image_shape), device)
     model_without_ddp = model
     model = ray.train.torch.prepare_model(model)  # DDP when world > 1
 
@@ -108,6 +105,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         loss_sum, seen = train_epoch(model, train_loader, optimizer, scheduler, loss_fn, device=device,
                                      grad_clip=cfg.optim.grad_clip)
+        synchronize(device)  # on GPU the epoch's last kernels may still be queued
         train_s = time.perf_counter() - t0
         stats = torch.stack([loss_sum, torch.tensor(float(seen), device=device)])
         if world > 1:

@@ -103,6 +103,18 @@ def test_last_pool_uses_backward_final_state() -> None:
     assert torch.allclose(pooled[:, 6:], out[:, 0, 6:])  # backward direction: after reading back to t=0
 
 
+def test_lstm_runs_in_fp32_under_bf16_autocast() -> None:
+    """Autocast would run the LSTM in half precision (fp16 through cuDNN on GPU, without the loss
+    scaling fp16 needs); the rest of the model still takes the autocast dtype."""
+    model = build_model(ModelConfig(), num_classes=10, in_shape=(1, 28, 28))
+    seen = {}
+    model.head.encoders["rows"].lstm.register_forward_hook(lambda m, i, o: seen.update(dtype=o[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randn(4, 1, 28, 28))
+    assert seen["dtype"] == torch.float32 and logits.dtype == torch.bfloat16
+    logits.float().sum().backward()
+
+
 def test_duplicate_registration_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="already registered"):
         registry.register_backbone("small")(lambda cfg, c: nn.Identity())

@@ -49,7 +49,10 @@ class SequenceEncoder(nn.Module):
             self.att_score = nn.Linear(cfg.hidden, 1, bias=False)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        out, (h_n, _) = self.lstm(seq)  # out (B, T, D*hidden); h_n (layers*D, B, hidden)
+        # fp32 even under the GPU's bf16 autocast: autocast sends cuDNN's LSTM to fp16 (seen with torch
+        # 2.11 on an H200), whose gradients would need loss scaling. The LSTM is a small part of the step.
+        with torch.autocast(seq.device.type, enabled=False):
+            out, (h_n, _) = self.lstm(seq.float())  # out (B, T, D*hidden); h_n (layers*D, B, hidden)
         if self.pool == "last":
             # Top layer's final states; for the backward direction that is its state after
             # reading the whole sequence back to t=0, which out[:, -1] would miss.
