@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from lstmclf.config import Config, load_config
 from lstmclf.evaluate import evaluate_checkpoint
+from lstmclf.halving import epochs_run
 from lstmclf.records import read_metrics
 from lstmclf.train import load_data
 from lstmclf.tune import EXPERIMENT_CONFIG, scheduler
@@ -94,15 +94,9 @@ def replay(full: Curves, epochs: int, grace: int, rf: int, slots: int) -> dict:
 
 
 def successive_halving(full: Curves, epochs: int, grace: int, rf: int) -> dict:
-    """Synchronous successive halving on ASHA's rungs (grace * rf**k, counted as Ray does): at each
-    rung the top 1/rf of the trials still running go on."""
-    rungs = [grace * rf**k for k in range(int(math.log(epochs / grace) / math.log(rf) + 1))]
-    alive, ran = list(full), {}
-    for rung in rungs:
-        ran |= dict.fromkeys(alive, rung)
-        alive = sorted(alive, key=lambda t: -full[t][rung - 1][0])[:max(1, len(alive) // rf)]
-    ran |= dict.fromkeys(alive, epochs)
-    return pick(full, ran)
+    """Synchronous successive halving (`tune.scheduler: sha`, the same `lstmclf.halving` code) on
+    these curves: at each rung the top 1/rf of the trials still running go on."""
+    return pick(full, epochs_run({t: [acc for acc, _ in c] for t, c in full.items()}, epochs, grace, rf))
 
 
 def test_accuracy(experiment: str, picks: set[tuple[str, int]]) -> dict[str, float | None]:

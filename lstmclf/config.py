@@ -196,9 +196,11 @@ PRESET_SPACE: dict[str, Any] = {
 class TuneConfig:
     num_samples: int = 8  # trials drawn from the space (times each grid combination)
     max_concurrent: int = 0  # 0 = as many trials as the cluster's CPUs / GPUs hold at once
-    scheduler: str = "asha"  # asha (early stopping) | fifo (every trial runs all epochs)
-    grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
-    reduction_factor: int = 2  # ASHA: 1 / reduction_factor of the trials go on at each rung
+    # asha (asynchronous early stopping) | sha (synchronous successive halving: trials wait at each rung
+    # for all the others, fewer epochs when few trials run at a time) | fifo (every trial runs all epochs)
+    scheduler: str = "asha"
+    grace_period: int = 1  # ASHA / SHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = 2  # ASHA / SHA: 1 / reduction_factor of the trials go on at each rung
     search: str = "random"  # random (seeded, sampled up front) | optuna (TPE; needs the [tune] extra)
     seed: int = 0  # seed of the sampling
     space: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(PRESET_SPACE))  # key -> distribution
@@ -206,7 +208,7 @@ class TuneConfig:
     def __post_init__(self) -> None:
         _require(1 <= self.num_samples <= 10_000, "tune.num_samples", f"{self.num_samples} is outside [1, 10000]")
         _require(self.max_concurrent >= 0, "tune.max_concurrent", f"{self.max_concurrent} < 0")
-        _one_of(self.scheduler, "tune.scheduler", ("asha", "fifo"))
+        _one_of(self.scheduler, "tune.scheduler", ("asha", "sha", "fifo"))
         _one_of(self.search, "tune.search", ("random", "optuna"))
         _require(self.grace_period >= 1, "tune.grace_period", f"{self.grace_period} < 1")
         _require(self.reduction_factor >= 2, "tune.reduction_factor", f"{self.reduction_factor} < 2")

@@ -28,6 +28,7 @@ from lstmclf.config import Config, check_resumable
 from lstmclf.data import Splits
 from lstmclf.errors import ConfigError
 from lstmclf.evaluate import evaluate_checkpoint, headline
+from lstmclf.halving import SyncHalvingScheduler
 from lstmclf.train import METRIC, EpochRecorder, init_ray, make_trainer, preflight
 
 EXPERIMENT_CONFIG = "lstmclf_experiment.yaml"  # the experiment's base config, to refuse a mismatched resume
@@ -81,20 +82,30 @@ def _check_search(cfg: Config, dists: dict[str, space.Dist]) -> None:
 
 
 def _searcher(cfg: Config, trials: list[dict[str, Any]], max_concurrent: int) -> Any:
+    """The search algorithm, which also caps the trials running at once (Tune starts every trial it issues)."""
     if cfg.tune.search == "random":
         # Every trial's config was sampled (seeded) and validated before the experiment: run exactly those.
-        # (Tune ignores TuneConfig.max_concurrent_trials for a generator passed in: it is set here.)
         return tune.search.BasicVariantGenerator(points_to_evaluate=trials, max_concurrent=max_concurrent)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed))  # limited by TuneConfig
+    return tune.search.ConcurrencyLimiter(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed)),
+                                          max_concurrent=max_concurrent)
 
 
-def scheduler(cfg: Config) -> Any:
-    """The trial scheduler: ASHA on `epoch` (metric and mode come from TuneConfig), or FIFO."""
+def scheduler(cfg: Config, num_trials: int = 0, experiment: str = "", search: Any = None,
+              max_concurrent: int = 0) -> Any:
+    """The trial scheduler on `epoch` (metric and mode come from TuneConfig): ASHA, FIFO, or
+    synchronous successive halving over `num_trials`, which reads `experiment`'s metrics table on a
+    resume and keeps `max_concurrent` trials running through `search` while others wait paused."""
     if cfg.tune.scheduler == "fifo":
         return tune.schedulers.FIFOScheduler()
+    if cfg.tune.scheduler == "sha":
+        return SyncHalvingScheduler(num_trials or cfg.tune.num_samples, cfg.train.epochs, cfg.tune.grace_period,
+                                    cfg.tune.reduction_factor, time_attr="epoch", search=search,
+                                    max_concurrent=max_concurrent,
+                                    metrics_uri=storage.join(experiment, "metrics") if experiment else "",
+                                    endpoint=cfg.storage.s3_endpoint)
     return tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs, grace_period=cfg.tune.grace_period,
                                          reduction_factor=cfg.tune.reduction_factor)
 
@@ -193,13 +204,14 @@ def run(cfg: Config, *, resume: bool = False, splits: Splits | None = None) -> T
     else:
         storage.write_bytes(storage.join(exp_uri, EXPERIMENT_CONFIG), cfg.to_yaml().encode(), endpoint)
         concurrent = max_concurrent_trials(cfg)
+        num_trials = len(trials) if cfg.tune.search == "random" else cfg.tune.num_samples
+        search = _searcher(cfg, trials, concurrent)
         tuner = tune.Tuner(
             trainable,
             param_space={k: _domain(d) for k, d in dists.items()},
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode="max", scheduler=scheduler(cfg), search_alg=_searcher(cfg, trials, concurrent),
-                num_samples=len(trials) if cfg.tune.search == "random" else cfg.tune.num_samples,
-                max_concurrent_trials=concurrent),
+                metric=METRIC, mode="max", scheduler=scheduler(cfg, num_trials, exp_uri, search, concurrent),
+                search_alg=search, num_samples=num_trials),
             run_config=tune.RunConfig(name=cfg.storage.name,
                                       storage_path=storage.resolve(cfg.storage.path, endpoint)[1],
                                       storage_filesystem=fs),

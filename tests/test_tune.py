@@ -16,6 +16,7 @@ from test_train import TINY
 
 from lstmclf import tune as lstm_tune
 from lstmclf.config import Config
+from lstmclf.records import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +25,7 @@ def test_asha_stops_trials_and_later_trials_still_run(ray_cluster, tmp_path):
     """6 trials x 2 DDP workers on 4 CPUs: 2 at a time; ASHA stops some, the rest still start and finish,
     and no placement group is left behind (Ray Train frees stopped trials' groups via the state API)."""
     cfg = Config().override(TINY | {
-        "storage.path": str(tmp_path), "storage.name": "asha", "train.epochs": 3, "tune.num_samples": 6,
+        "storage.path": str(tmp_path), "storage.name": "asha", "train.epochs": 2, "tune.num_samples": 6,
         "data.limit_train": 1200,
         "tune.space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}, "model.lstm_layers": {"randint": [1, 3]}},
     })
@@ -34,8 +35,8 @@ def test_asha_stops_trials_and_later_trials_still_run(ray_cluster, tmp_path):
     statuses = [r["status"] for r in rows]
     assert len(rows) == 6 and "error" not in statuses
     assert statuses.count("stopped early") >= 1 and statuses.count("completed") >= 1
-    assert all(r["epochs_run"] == 3 for r in rows if r["status"] == "completed")
-    assert all(1 <= r["epochs_run"] < 3 for r in rows if r["status"] == "stopped early")
+    assert all(r["epochs_run"] == 2 for r in rows if r["status"] == "completed")
+    assert all(r["epochs_run"] == 1 for r in rows if r["status"] == "stopped early")
     assert [r["best_val_acc"] for r in rows] == sorted((r["best_val_acc"] for r in rows), reverse=True)
     assert live_placement_groups(within_s=30) == []
 
@@ -52,7 +53,7 @@ def test_asha_stops_trials_and_later_trials_still_run(ray_cluster, tmp_path):
     res = run_job("train.py", "--config", str(exp / "best_recipe.yaml"), "--storage", str(tmp_path),
                   "--name", "retrain", ray_address=ray_cluster)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert Config.from_dict(yaml.safe_load((tmp_path / "retrain" / "epoch_0003" / "config.yaml").read_text())) \
+    assert Config.from_dict(yaml.safe_load((tmp_path / "retrain" / "epoch_0002" / "config.yaml").read_text())) \
         == Config.from_dict(recipe).override({"storage.path": str(tmp_path), "storage.name": "retrain"})
 
 
@@ -111,3 +112,31 @@ def test_optuna_search(ray_cluster, tmp_path):
     out = lstm_tune.run(cfg)
     lrs = out.table.column("optim.lr").to_pylist()
     assert len(set(lrs)) == 2 and all(1e-3 <= lr <= 1e-2 for lr in lrs)
+
+
+def test_sync_halving_pauses_trials_at_the_rung_and_resumes_the_best(ray_cluster, tmp_path):
+    """SHA: 4 trials, 2 at a time, rung at epoch 1 of 2: every trial waits there, paused (so the
+    other trials start), and the best 2 go on from their epoch-1 checkpoints; the others stop."""
+    cfg = Config().override(TINY | {
+        "storage.path": str(tmp_path), "storage.name": "sha", "scaling.num_workers": 1, "data.limit_train": 600,
+        "tune.num_samples": 4, "tune.max_concurrent": 2, "tune.scheduler": "sha", "tune.reduction_factor": 2,
+        "tune.space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}},
+    })
+    out = lstm_tune.run(cfg)
+    rows = {r["trial_id"]: r for r in out.table.to_pylist()}
+    assert sorted(r["epochs_run"] for r in rows.values()) == [1, 1, 2, 2]  # 6 of the 8 full-budget epochs
+    assert {r["status"] for r in rows.values() if r["epochs_run"] == 1} == {"stopped early"}
+
+    metrics = read_metrics(str(tmp_path / "sha" / "metrics")).to_pylist()
+    at_rung = {m["trial_id"]: m["val_acc"] for m in metrics if m["epoch"] == 1}
+    went_on = {t for t, r in rows.items() if r["epochs_run"] == 2}
+    assert went_on == set(sorted(at_rung, key=lambda t: -at_rung[t])[:2])
+    assert live_placement_groups(within_s=30) == []
+
+    # Tune's results per trial: (epoch, training_iteration). A survivor that waited at the rung was
+    # paused and started again (its iterations count from 1 again), and its Train run resumed from the
+    # epoch-1 checkpoint (epoch 1 is not trained twice).
+    reported = {t: [(r["epoch"], r["training_iteration"]) for r in map(json.loads, (d / "result.json").open())]
+                for d in (tmp_path / "sha").glob("trial_*") for t in rows if t in d.name}
+    assert all(reported[t] in ([(1, 1), (2, 1)], [(1, 1), (2, 2)]) for t in went_on)
+    assert any(reported[t] == [(1, 1), (2, 1)] for t in went_on)
