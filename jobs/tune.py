@@ -46,7 +46,8 @@ def main() -> None:
     best = out.table.slice(0, 1).to_pylist()[0]
     stopped = out.table["status"].to_pylist().count("stopped early")
     print("\n" + markdown_table(out.table))
-    print(f"experiment {out.experiment}: {out.table.num_rows} trials, {stopped} stopped early by ASHA")
+    print(f"experiment {out.experiment}: {out.table.num_rows} trials, {stopped} stopped early "
+          f"(tune.scheduler {cfg.tune.scheduler})")
     print(f"best trial {best['trial_id']}: val_acc {best['best_val_acc']:.2%} at epoch {best['best_epoch']}")
     print(test_line(out.test_metrics))
     print(f"results:         {out.experiment}/results.md (also .csv, .parquet)")
