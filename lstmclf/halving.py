@@ -122,8 +122,10 @@ class SyncHalvingScheduler(FIFOScheduler):
     BasicVariantGenerator or ConcurrencyLimiter) counts paused trials as running: so that
     `max_concurrent` trials keep running while others wait, its cap is raised by the number paused.
     After `Tuner.restore`, the epochs the trials ran before come from the experiment's metrics table
-    (`metrics_uri`), so the rungs are decided as if nothing had happened; a restored trial that
-    waited at a rung trains one more epoch before it is paused (or stopped) again.
+    (`metrics_uri`: Tune's own record of results can miss the last ones), so the rungs are decided
+    as if nothing had happened; a restored trial that was waiting at a rung is started again by Tune
+    and trains one more epoch before it is paused (or stopped) again. (Adding it paused instead
+    would leave a trial that is then cut with no result in Tune at all.)
     """
 
     _supports_buffered_results = False  # a trial must pause at its rung's result, not a few epochs later
@@ -153,12 +155,13 @@ class SyncHalvingScheduler(FIFOScheduler):
             raise ValueError("SyncHalvingScheduler needs a metric and mode (from TuneConfig)")
         self._trials[trial.trial_id] = trial
         self._halving.add(trial.trial_id)
-        if self._time_attr in trial.last_result and self._metrics_uri:  # restored: replay the epochs it ran
-            for row in self._history().get(trial.trial_id, []):
-                self._observe(trial.trial_id, row)
+        # A restored trial: replay the epochs it ran before (from the table, which has every epoch's row
+        # even where Tune's own state, saved now and then, missed the last results). New trials have none.
+        for row in self._history().get(trial.trial_id, []) if self._metrics_uri else []:
+            self._observe(trial.trial_id, row)
         if trial.status in (Trial.TERMINATED, Trial.ERROR):
             self._halving.end(trial.trial_id)
-        self._settle(tune_controller)
+        self._settle(tune_controller, but=trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         if self._time_attr not in result or self._metric not in result:
@@ -178,6 +181,7 @@ class SyncHalvingScheduler(FIFOScheduler):
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         """A pending trial, else (while fewer than `max_concurrent` run) a paused one that made its cut."""
+        self._settle(tune_controller)
         self._gate()
         trials = tune_controller.get_trials()
         for trial in trials:
@@ -208,7 +212,7 @@ class SyncHalvingScheduler(FIFOScheduler):
             self._search.max_concurrent = self._max_concurrent + paused
 
     def _history(self) -> dict[str, list[dict]]:
-        """The metrics table's rows by trial (read once, on the first restored trial)."""
+        """The metrics table's rows by trial (read once, when the first trial is added)."""
         if self._rows is None:
             table = read_metrics(self._metrics_uri, self._endpoint)
             self._rows = {}
