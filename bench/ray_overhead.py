@@ -265,8 +265,8 @@ def main() -> None:
     p.add_argument("place", nargs="?", choices=PLACES, help="with _place: the variant this process runs")
     p.add_argument("--data", default="../shared/data/mnist")
     p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--wakers", type=int, default=20, help="wakers: how many processes waking 100 times a second "
-                   "(`cpu` counts about 2,000 wake-ups a second in Ray's processes during a Ray Train run)")
+    p.add_argument("--wakers", type=int, default=50, help="wakers: how many processes waking 100 times a second "
+                   "(50 switch the loop's threads out about as often as Ray's processes do in `cpu`'s Ray Train run)")
     p.add_argument("--limit", type=int, default=20000, help="wakers, _place: training files (0 = all)")
     p.add_argument("--epochs", type=int, default=3, help="wakers, _place: epochs per run")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"ab: comma-separated, of {', '.join(VARIANTS)}")
