@@ -2,7 +2,7 @@
 against the plain loop, short A/B runs of Ray settings, the same loop run in different places, and the
 plain loop beside processes that do nothing but wake up as often as Ray's processes do.
 
-    python bench/ray_overhead.py cpu --data ../shared/data/mnist              # /proc sampling, ~4 min
+    python bench/ray_overhead.py cpu --data ../shared/data/mnist              # /proc sampling, ~3 min
     python bench/ray_overhead.py ab --data ../shared/data/mnist --reps 2      # env variants, ~5 min per rep
     python bench/ray_overhead.py where --data ../shared/data/mnist --reps 3   # ~6 min per rep
     python bench/ray_overhead.py wakers --data ../shared/data/mnist --reps 6  # ~1.5 min per rep
@@ -73,10 +73,9 @@ def thread_stats(pids: list[str] | None = None) -> dict[tuple[str, str], tuple[i
     return out
 
 
-def own_switches() -> tuple[int, int]:
-    """This process's voluntary and involuntary context switches so far, summed over its threads."""
-    stats = thread_stats([str(os.getpid())]).values()
-    return sum(v[1] for v in stats), sum(v[2] for v in stats)
+def own_involuntary_switches() -> int:
+    """How often this process's threads have been switched out against their will so far."""
+    return sum(v[2] for v in thread_stats([str(os.getpid())]).values())
 
 
 def train_cmd(data: str, storage: str, *extra: str) -> list[str]:
@@ -158,9 +157,9 @@ def timed_loop(cfg, splits, threaded: bool) -> tuple[list[float], float, float]:
     out: dict = {}
 
     def run() -> None:
-        c, (_, inv), t0 = os.times(), own_switches(), time.perf_counter()
+        c, inv, t0 = os.times(), own_involuntary_switches(), time.perf_counter()
         out["rates"] = plain_epochs(cfg, splits, cfg.train.epochs, torch.device("cpu"))
-        t, (_, inv2), dt = os.times(), own_switches(), time.perf_counter() - t0
+        t, inv2, dt = os.times(), own_involuntary_switches(), time.perf_counter() - t0
         out["cpu"] = t.user + t.system - c.user - c.system
         out["invol"] = (inv2 - inv) / dt
 
@@ -218,15 +217,23 @@ def run_place(name: str, data: str, limit: int = 20000, epochs: int = 3) -> dict
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def after_first(run: dict) -> float:
+    """Median epoch rate of one run after its first epoch (which also pays for start-up)."""
+    return statistics.median(run["rates"][1:])
+
+
+def medians(runs: dict[str, list[dict]]) -> dict[str, float]:
+    """Per variant, the median epoch rate after the first epoch over all its runs."""
+    return {k: statistics.median(r for run in v for r in run["rates"][1:]) for k, v in runs.items()}
+
+
 def where(data: str, reps: int) -> None:
     runs: dict[str, list[dict]] = {k: [] for k in PLACES}
     for _ in range(reps):
         for name in PLACES:
-            out = subprocess.run([sys.executable, __file__, "_place", name, "--data", data], capture_output=True,
-                                 text=True, check=True)
-            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs[name].append(run_place(name, data))
             print(name, runs[name][-1], file=sys.stderr, flush=True)
-    med = {k: statistics.median(r for run in v for r in run["rates"][1:]) for k, v in runs.items()}
+    med = medians(runs)
     print(json.dumps({k: {"runs": v, "median_after_first_epoch": med[k],
                           "ratio_to_plain": round(med[k] / med["plain"], 3)} for k, v in runs.items()}, indent=1))
 
@@ -248,9 +255,8 @@ def wakers(data: str, reps: int, n: int, limit: int, epochs: int) -> None:
                     w.kill()
                     w.wait()
             print(label, runs[label][-1], file=sys.stderr, flush=True)
-    med = {k: statistics.median(r for run in v for r in run["rates"][1:]) for k, v in runs.items()}
-    pairs = [statistics.median(b["rates"][1:]) / statistics.median(a["rates"][1:])
-             for a, b in zip(*runs.values(), strict=True)]
+    med = medians(runs)
+    pairs = [after_first(b) / after_first(a) for a, b in zip(*runs.values(), strict=True)]
     print(json.dumps({"runs": runs, "median_after_first_epoch": med,
                       "ratio": round(med[f"beside {n} wakers"] / med["plain"], 3),
                       "pair_ratios": [round(r, 3) for r in pairs],
