@@ -121,14 +121,22 @@ def main() -> None:
     full = curves(a.full)
     epochs = max(len(c) for c in full.values())
     budget = len(full) * epochs
-    out: dict = {"trials": len(full), "epochs": epochs, "full_budget_epochs": budget,
-                 "full_budget": pick(full, dict.fromkeys(full, epochs))}
+    out: dict = {
+        "trials": len(full),
+        "epochs": epochs,
+        "full_budget_epochs": budget,
+        "full_budget": pick(full, dict.fromkeys(full, epochs)),
+    }
     if a.measured:
         # Same config index, same seed: the measured ASHA curves must be prefixes of the full ones.
         asha = curves(a.measured)
         index = {t.rsplit("_", 1)[-1]: t for t in full}
-        mismatch = [(t, e) for t, c in asha.items() for e, (v, _) in enumerate(c)
-                    if v != full[index[t.rsplit("_", 1)[-1]]][e][0]]
+        mismatch = [
+            (t, e)
+            for t, c in asha.items()
+            for e, (v, _) in enumerate(c)
+            if v != full[index[t.rsplit("_", 1)[-1]]][e][0]
+        ]
         out["measured"] = {"epochs_spent": sum(len(c) for c in asha.values()), "curve_mismatches": len(mismatch)}
     out["replays"] = []
     for pair in a.grid.split(","):
@@ -136,9 +144,15 @@ def main() -> None:
         runs = [("sync", successive_halving(full, epochs, grace, rf))]
         runs += [(slots, replay(full, epochs, grace, rf, slots)) for slots in map(int, a.slots.split(","))]
         for slots, r in runs:
-            out["replays"].append({"grace": grace, "rf": rf, "slots": slots,
-                                   "fraction": round(r["epochs_spent"] / budget, 3),
-                                   **{k: v for k, v in r.items() if k != "epochs_run"}})
+            out["replays"].append(
+                {
+                    "grace": grace,
+                    "rf": rf,
+                    "slots": slots,
+                    "fraction": round(r["epochs_spent"] / budget, 3),
+                    **{k: v for k, v in r.items() if k != "epochs_run"},
+                }
+            )
     if a.test:
         top3 = sorted(full, key=lambda t: best(full, t, epochs), reverse=True)[:3]
         picks = {(t, best(full, t, epochs)[1]) for t in top3}

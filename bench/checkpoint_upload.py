@@ -43,9 +43,17 @@ def make_checkpoint(d: Path, overrides: dict) -> int:
     opt = build_optimizer(cfg.optim, model.parameters())
     model(torch.rand(2, 1, 28, 28)).sum().backward()
     opt.step()  # AdamW's moments exist, as in a real checkpoint
-    save_checkpoint(d, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 0,
-                        "config": cfg.to_dict(), "metrics": {},
-                        "data": {"num_classes": 10, "image_shape": [1, 28, 28], "mean": 0.13, "std": 0.31}})
+    save_checkpoint(
+        d,
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": 0,
+            "config": cfg.to_dict(),
+            "metrics": {},
+            "data": {"num_classes": 10, "image_shape": [1, 28, 28], "mean": 0.13, "std": 0.31},
+        },
+    )
     return sum(p.stat().st_size for p in d.iterdir())
 
 
@@ -55,8 +63,10 @@ def part1(server: SeaweedFS, reps: int, tmp: Path) -> list[str]:
 
     local_fs, local_root = storage.resolve(str(tmp / "local"))
     s3_fs, s3_root = storage.resolve("s3://bench/part1", server.endpoint)
-    rows = ["| checkpoint | size | local median | S3 median | S3 / local | S3 overhead | S3 throughput |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [
+        "| checkpoint | size | local median | S3 median | S3 / local | S3 overhead | S3 throughput |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, overrides in MODELS.items():
         src = tmp / name.split()[0]
         size = make_checkpoint(src, overrides)
@@ -68,8 +78,10 @@ def part1(server: SeaweedFS, reps: int, tmp: Path) -> list[str]:
                 if i:
                     times[kind].append(time.perf_counter() - t0)
         loc, s3 = statistics.median(times["local"]), statistics.median(times["s3"])
-        rows.append(f"| {name} | {size / 1e6:.1f} MB | {loc * 1e3:.0f} ms | {s3 * 1e3:.0f} ms | {s3 / loc:.1f}x | "
-                    f"+{(s3 - loc) * 1e3:.0f} ms | {size / s3 / 1e6:.0f} MB/s |")
+        rows.append(
+            f"| {name} | {size / 1e6:.1f} MB | {loc * 1e3:.0f} ms | {s3 * 1e3:.0f} ms | {s3 / loc:.1f}x | "
+            f"+{(s3 - loc) * 1e3:.0f} ms | {size / s3 / 1e6:.0f} MB/s |"
+        )
         print(f"  {name}: local {times['local']}\n  s3 {times['s3']}", file=sys.stderr, flush=True)
     return rows
 
@@ -86,8 +98,12 @@ def timed_loop(loop_config, log_path):
         t0 = time.perf_counter()
         real_report(metrics, **kwargs)
         with open(log_path, "a") as f:
-            f.write(json.dumps({"epoch": metrics["epoch"], "report_s": time.perf_counter() - t0,
-                                "epoch_s": metrics["epoch_s"]}) + "\n")
+            f.write(
+                json.dumps(
+                    {"epoch": metrics["epoch"], "report_s": time.perf_counter() - t0, "epoch_s": metrics["epoch_s"]}
+                )
+                + "\n"
+            )
 
     lstm_train.ray.train.report = report
     lstm_train.train_loop_per_worker(loop_config)
@@ -101,8 +117,14 @@ def part2(server: SeaweedFS, epochs: int, tmp: Path) -> list[str]:
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     lstm_train.init_ray(num_cpus=2)
-    base = {"data.limit_train": 2000, "data.limit_test": 300, "train.epochs": epochs, "scaling.num_workers": 1,
-            "train.checkpoints_to_keep": 2, "storage.s3_endpoint": server.endpoint}
+    base = {
+        "data.limit_train": 2000,
+        "data.limit_test": 300,
+        "train.epochs": epochs,
+        "scaling.num_workers": 1,
+        "train.checkpoints_to_keep": 2,
+        "storage.s3_endpoint": server.endpoint,
+    }
     stats = {}
     for kind, path in (("local", str(tmp / "runs")), ("s3", "s3://bench/part2")):
         cfg = Config().override(base | {"storage.path": path, "storage.name": f"bench-{kind}"})
@@ -115,11 +137,14 @@ def part2(server: SeaweedFS, epochs: int, tmp: Path) -> list[str]:
         print(f"  {kind}: {rec}", file=sys.stderr, flush=True)
     ray.shutdown()
     (lr, le), (sr, se) = stats["local"], stats["s3"]
-    return ["| storage | report() with checkpoint, median | epoch time, median | report share of epoch |",
-            "| --- | ---: | ---: | ---: |",
-            f"| local directory | {lr * 1e3:.0f} ms | {le:.2f} s | {lr / (le + lr):.1%} |",
-            f"| S3 (SeaweedFS, loopback) | {sr * 1e3:.0f} ms | {se:.2f} s | {sr / (se + sr):.1%} |",
-            "", f"S3 / local for `report()`: {sr / lr:.1f}x, i.e. +{(sr - lr) * 1e3:.0f} ms per epoch."]
+    return [
+        "| storage | report() with checkpoint, median | epoch time, median | report share of epoch |",
+        "| --- | ---: | ---: | ---: |",
+        f"| local directory | {lr * 1e3:.0f} ms | {le:.2f} s | {lr / (le + lr):.1%} |",
+        f"| S3 (SeaweedFS, loopback) | {sr * 1e3:.0f} ms | {se:.2f} s | {sr / (se + sr):.1%} |",
+        "",
+        f"S3 / local for `report()`: {sr / lr:.1f}x, i.e. +{(sr - lr) * 1e3:.0f} ms per epoch.",
+    ]
 
 
 def main() -> None:
@@ -137,8 +162,13 @@ def main() -> None:
             server.create_bucket("bench")
             out = [f"Part 1, `upload_checkpoint` ({a.reps} uploads each, medians):", "", *part1(server, a.reps, tmp)]
             if not a.skip_ray:
-                out += ["", f"Part 2, Ray Train, default CNN-LSTM, 1 worker, {a.epochs} epochs of 1,800 images "
-                            f"(medians over epochs 2-{a.epochs}):", "", *part2(server, a.epochs, tmp)]
+                out += [
+                    "",
+                    f"Part 2, Ray Train, default CNN-LSTM, 1 worker, {a.epochs} epochs of 1,800 images "
+                    f"(medians over epochs 2-{a.epochs}):",
+                    "",
+                    *part2(server, a.epochs, tmp),
+                ]
         finally:
             server.stop()
     print("\n".join(out))

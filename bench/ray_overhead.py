@@ -68,8 +68,12 @@ def thread_stats(pids: list[str] | None = None) -> dict[tuple[str, str], tuple[i
                 continue
             f = stat[stat.rfind(")") + 2 :].split()
             sw = dict(line.split(":\t") for line in status.splitlines() if "ctxt_switches" in line)
-            out[pid, tid] = (int(f[11]) + int(f[12]), int(sw["voluntary_ctxt_switches"]),
-                             int(sw["nonvoluntary_ctxt_switches"]), cmd)
+            out[pid, tid] = (
+                int(f[11]) + int(f[12]),
+                int(sw["voluntary_ctxt_switches"]),
+                int(sw["nonvoluntary_ctxt_switches"]),
+                cmd,
+            )
     return out
 
 
@@ -79,16 +83,26 @@ def own_involuntary_switches() -> int:
 
 
 def train_cmd(data: str, storage: str, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "jobs" / "train.py"), "--data", data, "--cpus-per-worker", "2",
-            "--storage", storage, *extra]
+    return [
+        sys.executable,
+        str(ROOT / "jobs" / "train.py"),
+        "--data",
+        data,
+        "--cpus-per-worker",
+        "2",
+        "--storage",
+        storage,
+        *extra,
+    ]
 
 
 def sample(cmd: list[str], wait: float, seconds: float) -> tuple[list[tuple], list[tuple]]:
     """Start `cmd`, wait, sample every thread for `seconds`, stop it. Per process, busiest first, and per
     thread of the busiest process: (CPU % of one core, wake-ups/s, involuntary switches/s, command line)."""
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen([c.replace("{tmp}", tmp) for c in cmd], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [c.replace("{tmp}", tmp) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(wait)
         a, t0 = thread_stats(), time.time()
         time.sleep(seconds)
@@ -96,8 +110,10 @@ def sample(cmd: list[str], wait: float, seconds: float) -> tuple[list[tuple], li
         proc.send_signal(signal.SIGINT)  # the job's clean exit: its local Ray shuts down with it
         proc.wait(timeout=120)
     pct = 100 / os.sysconf("SC_CLK_TCK")
-    threads = {k: ((b[k][0] - a[k][0]) / dt * pct, (b[k][1] - a[k][1]) / dt, (b[k][2] - a[k][2]) / dt, b[k][3])
-               for k in b.keys() & a.keys()}
+    threads = {
+        k: ((b[k][0] - a[k][0]) / dt * pct, (b[k][1] - a[k][1]) / dt, (b[k][2] - a[k][2]) / dt, b[k][3])
+        for k in b.keys() & a.keys()
+    }
     per_pid: dict[str, list] = {}
     for (pid, _), t in threads.items():
         row = per_pid.setdefault(pid, [0.0, 0.0, 0.0, t[3]])
@@ -111,12 +127,17 @@ def sample(cmd: list[str], wait: float, seconds: float) -> tuple[list[tuple], li
 def sample_cpu(data: str, wait: float, seconds: float) -> None:
     plain = [sys.executable, __file__, "_place", "plain", "--data", data, "--limit", "0", "--epochs", "3"]
     idle = [sys.executable, "-c", "import ray, time; ray.init(num_cpus=2); time.sleep(3600)"]
-    for label, cmd, w in (("Ray Train, 1 worker (jobs/train.py)", train_cmd(data, "{tmp}", "--epochs", "2"), wait),
-                          ("plain loop", plain, wait / 2), ("idle local Ray (ray.init, no Train)", idle, wait / 2)):
+    for label, cmd, w in (
+        ("Ray Train, 1 worker (jobs/train.py)", train_cmd(data, "{tmp}", "--epochs", "2"), wait),
+        ("plain loop", plain, wait / 2),
+        ("idle local Ray (ray.init, no Train)", idle, wait / 2),
+    ):
         rows, threads = sample(cmd, w, seconds)
         shown = [r for r in rows if r[0] >= 0.3 or r[1] >= 20 or r[2] >= 20]
-        print(f"\n{label}:\n\n| CPU % of one core | wake-ups/s | involuntary switches/s | process |\n"
-              "| ---: | ---: | ---: | --- |")
+        print(
+            f"\n{label}:\n\n| CPU % of one core | wake-ups/s | involuntary switches/s | process |\n"
+            "| ---: | ---: | ---: | --- |"
+        )
         for cpu, vol, inv, c in shown:
             print(f"| {cpu:.1f} | {vol:.0f} | {inv:.0f} | `{c}` |")
         total = f"total {sum(r[0] for r in rows):.0f}% of {os.cpu_count() * 100}%"
@@ -124,11 +145,14 @@ def sample_cpu(data: str, wait: float, seconds: float) -> None:
             print(f"\n{total}; wake-ups/s {sum(r[1] for r in rows):.0f}", flush=True)
             continue
         top, rest = threads[:2], threads[2:]
-        print(f"\n{total}; wake-ups/s outside the training process {sum(r[1] for r in rows[1:]):.0f}, inside it "
-              f"{rows[0][1]:.0f}; the training process switched out {rows[0][2]:.0f} times a second. Its two "
-              f"busiest threads: {top[0][0]:.1f}% and {top[1][0]:.1f}% of a core (switched out {top[0][2]:.0f} and "
-              f"{top[1][2]:.0f}/s); its other {len(rest)} threads: {sum(t[0] for t in rest):.1f}% together, "
-              f"{sum(t[1] for t in rest):.0f} wake-ups/s", flush=True)
+        print(
+            f"\n{total}; wake-ups/s outside the training process {sum(r[1] for r in rows[1:]):.0f}, inside it "
+            f"{rows[0][1]:.0f}; the training process switched out {rows[0][2]:.0f} times a second. Its two "
+            f"busiest threads: {top[0][0]:.1f}% and {top[1][0]:.1f}% of a core (switched out {top[0][2]:.0f} and "
+            f"{top[1][2]:.0f}/s); its other {len(rest)} threads: {sum(t[0] for t in rest):.1f}% together, "
+            f"{sum(t[1] for t in rest):.0f} wake-ups/s",
+            flush=True,
+        )
 
 
 def ab(data: str, reps: int, variants: list[str]) -> None:
@@ -138,10 +162,16 @@ def ab(data: str, reps: int, variants: list[str]) -> None:
         for label in variants:
             env = VARIANTS[label]
             with tempfile.TemporaryDirectory() as tmp:
-                subprocess.run(train_cmd(data, tmp, "--epochs", "2", "--set", "data.limit_train=30000", "--name",
-                                         "ab"), env={**os.environ, **env}, capture_output=True, check=True)
-                rates = [round(json.loads(Path(f).read_text())["train_img_s"])
-                         for f in sorted(glob.glob(f"{tmp}/ab/epoch_*/metrics.json"))]
+                subprocess.run(
+                    train_cmd(data, tmp, "--epochs", "2", "--set", "data.limit_train=30000", "--name", "ab"),
+                    env={**os.environ, **env},
+                    capture_output=True,
+                    check=True,
+                )
+                rates = [
+                    round(json.loads(Path(f).read_text())["train_img_s"])
+                    for f in sorted(glob.glob(f"{tmp}/ab/epoch_*/metrics.json"))
+                ]
             results[label].append(rates)
         print(json.dumps(results), flush=True)
 
@@ -180,15 +210,24 @@ def place(name: str, data: str, limit: int = 20000, epochs: int = 3) -> dict:
     from lstmclf.config import Config
     from lstmclf.train import fit, load_data
 
-    cfg = Config().override({"data.path": data, "data.limit_train": limit, "train.epochs": epochs,
-                             "scaling.cpus_per_worker": 2, "train.checkpoints_to_keep": 3})
+    cfg = Config().override(
+        {
+            "data.path": data,
+            "data.limit_train": limit,
+            "train.epochs": epochs,
+            "scaling.cpus_per_worker": 2,
+            "train.checkpoints_to_keep": 3,
+        }
+    )
     splits = load_data(cfg)
     cpu = invol = None
     if name == "Ray Train":
         with tempfile.TemporaryDirectory() as tmp:
             fit(cfg.override({"storage.path": tmp, "storage.name": "where"}), splits=splits, verbose=False)
-            rates = [json.loads(Path(f).read_text())["train_img_s"]
-                     for f in sorted(glob.glob(f"{tmp}/where/epoch_*/metrics.json"))]
+            rates = [
+                json.loads(Path(f).read_text())["train_img_s"]
+                for f in sorted(glob.glob(f"{tmp}/where/epoch_*/metrics.json"))
+            ]
     elif name == "plain":
         rates, cpu, invol = timed_loop(cfg, splits, threaded=False)
     else:
@@ -201,8 +240,11 @@ def place(name: str, data: str, limit: int = 20000, epochs: int = 3) -> dict:
             rates, cpu, invol = ray.get(actor.run.remote(cfg, splits, name.endswith("own thread")))
         ray.shutdown()
     images = cfg.train.epochs * len(splits.train.labels)
-    return {"rates": [round(r) for r in rates], "cpu_ms_per_img": cpu and round(1000 * cpu / images, 3),
-            "involuntary_per_s": invol and round(invol)}
+    return {
+        "rates": [round(r) for r in rates],
+        "cpu_ms_per_img": cpu and round(1000 * cpu / images, 3),
+        "involuntary_per_s": invol and round(invol),
+    }
 
 
 class LoopActor:
@@ -212,8 +254,12 @@ class LoopActor:
 
 def run_place(name: str, data: str, limit: int = 20000, epochs: int = 3) -> dict:
     """`place` in a fresh process."""
-    out = subprocess.run([sys.executable, __file__, "_place", name, "--data", data, "--limit", str(limit),
-                          "--epochs", str(epochs)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "_place", name, "--data", data, "--limit", str(limit), "--epochs", str(epochs)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -234,8 +280,15 @@ def where(data: str, reps: int) -> None:
             runs[name].append(run_place(name, data))
             print(name, runs[name][-1], file=sys.stderr, flush=True)
     med = medians(runs)
-    print(json.dumps({k: {"runs": v, "median_after_first_epoch": med[k],
-                          "ratio_to_plain": round(med[k] / med["plain"], 3)} for k, v in runs.items()}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: {"runs": v, "median_after_first_epoch": med[k], "ratio_to_plain": round(med[k] / med["plain"], 3)}
+                for k, v in runs.items()
+            },
+            indent=1,
+        )
+    )
 
 
 # Sleeps 10 ms at a time, as a Ray worker's signal check does; a random start keeps the wakers' timers
@@ -257,12 +310,21 @@ def wakers(data: str, reps: int, n: int, limit: int, epochs: int) -> None:
             print(label, runs[label][-1], file=sys.stderr, flush=True)
     med = medians(runs)
     pairs = [after_first(b) / after_first(a) for a, b in zip(*runs.values(), strict=True)]
-    print(json.dumps({"runs": runs, "median_after_first_epoch": med,
-                      "ratio": round(med[f"beside {n} wakers"] / med["plain"], 3),
-                      "pair_ratios": [round(r, 3) for r in pairs],
-                      "median_pair_ratio": round(statistics.median(pairs), 3),
-                      "involuntary_per_s_median": {k: statistics.median(r["involuntary_per_s"] for r in v)
-                                                   for k, v in runs.items()}}, indent=1))
+    print(
+        json.dumps(
+            {
+                "runs": runs,
+                "median_after_first_epoch": med,
+                "ratio": round(med[f"beside {n} wakers"] / med["plain"], 3),
+                "pair_ratios": [round(r, 3) for r in pairs],
+                "median_pair_ratio": round(statistics.median(pairs), 3),
+                "involuntary_per_s_median": {
+                    k: statistics.median(r["involuntary_per_s"] for r in v) for k, v in runs.items()
+                },
+            },
+            indent=1,
+        )
+    )
 
 
 def main() -> None:
@@ -271,8 +333,13 @@ def main() -> None:
     p.add_argument("place", nargs="?", choices=PLACES, help="with _place: the variant this process runs")
     p.add_argument("--data", default="../shared/data/mnist")
     p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--wakers", type=int, default=50, help="wakers: how many processes waking 100 times a second "
-                   "(50 switch the loop's threads out about as often as Ray's processes do in `cpu`'s Ray Train run)")
+    p.add_argument(
+        "--wakers",
+        type=int,
+        default=50,
+        help="wakers: how many processes waking 100 times a second "
+        "(50 switch the loop's threads out about as often as Ray's processes do in `cpu`'s Ray Train run)",
+    )
     p.add_argument("--limit", type=int, default=20000, help="wakers, _place: training files (0 = all)")
     p.add_argument("--epochs", type=int, default=3, help="wakers, _place: epochs per run")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"ab: comma-separated, of {', '.join(VARIANTS)}")

@@ -41,8 +41,15 @@ def plain_epochs(cfg: Config, splits, epochs: int, dev: torch.device) -> list[fl
     """Images/s of each epoch of a plain single-process loop (no Ray), train step only."""
     torch.manual_seed(cfg.train.seed)
     model = place_model(build_model(cfg.model, splits.num_classes, splits.image_shape), dev)
-    loader = BatchLoader(*to_tensors(splits.train, dev), cfg.train.batch_size, mean=splits.mean, std=splits.std,
-                         shuffle=True, shift=cfg.data.shift, seed=cfg.train.seed)
+    loader = BatchLoader(
+        *to_tensors(splits.train, dev),
+        cfg.train.batch_size,
+        mean=splits.mean,
+        std=splits.std,
+        shuffle=True,
+        shift=cfg.data.shift,
+        seed=cfg.train.seed,
+    )
     opt = build_optimizer(cfg.optim, model.parameters())
     sched = build_scheduler(cfg.optim, opt, epochs * len(loader))
     loss_fn = build_loss(cfg.loss)
@@ -73,8 +80,11 @@ def progress(what: str, values: list[float]) -> None:
 
 def summary(runs: list[list[float]]) -> dict:
     later = [r for run in runs for r in run[1:]]
-    return {"per_run": runs, "median_after_first_epoch": statistics.median(later),
-            "median_first_epoch": statistics.median(run[0] for run in runs)}
+    return {
+        "per_run": runs,
+        "median_after_first_epoch": statistics.median(later),
+        "median_first_epoch": statistics.median(run[0] for run in runs),
+    }
 
 
 def main() -> None:
@@ -94,8 +104,14 @@ def main() -> None:
 
     torch.set_num_threads(a.cpus)
     with tempfile.TemporaryDirectory() as tmp:
-        base = Config().override({"data.path": str(Path(a.data).resolve()), "scaling.cpus_per_worker": a.cpus,
-                                  "storage.path": tmp, "train.checkpoints_to_keep": max(a.epochs, a.accuracy_epochs)})
+        base = Config().override(
+            {
+                "data.path": str(Path(a.data).resolve()),
+                "scaling.cpus_per_worker": a.cpus,
+                "storage.path": tmp,
+                "train.checkpoints_to_keep": max(a.epochs, a.accuracy_epochs),
+            }
+        )
         if a.gpu:
             base = base.override({"scaling.use_gpu": True, "scaling.gpus_per_worker": 1})
         splits = load_data(base)
@@ -124,17 +140,28 @@ def main() -> None:
             reach = {"epoch": m["epoch"], "epochs_s": round(elapsed, 1)}
     p_sum, r_sum = summary(plain), summary(ray_rates)
     result = {
-        "machine": {"cpus": a.cpus, "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
-                    "torch": torch.__version__, "ray": ray.__version__,
-                    **({"gpu": torch.cuda.get_device_name(dev), "cuda": torch.version.cuda} if a.gpu else {})},
-        "plain_img_s": p_sum, "ray_img_s": r_sum,
+        "machine": {
+            "cpus": a.cpus,
+            "torch_threads": torch.get_num_threads(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+            **({"gpu": torch.cuda.get_device_name(dev), "cuda": torch.version.cuda} if a.gpu else {}),
+        },
+        "plain_img_s": p_sum,
+        "ray_img_s": r_sum,
         "ratio_after_first_epoch": r_sum["median_after_first_epoch"] / p_sum["median_after_first_epoch"],
         "ratio_first_epoch": r_sum["median_first_epoch"] / p_sum["median_first_epoch"],
         # Each pair's own ratio (epochs after the first), robust to drift between pairs on a shared machine.
-        "pair_ratios_after_first_epoch": [round(statistics.median(r[1:]) / statistics.median(q[1:]), 3)
-                                          for q, r in zip(plain, ray_rates, strict=True)],
-        "accuracy_run": {"test_acc_per_epoch": [m["test_acc"] for m in epochs], "reach_99": reach,
-                         "fit_wall_s": round(wall, 1), "img_s": [m["train_img_s"] for m in epochs]},
+        "pair_ratios_after_first_epoch": [
+            round(statistics.median(r[1:]) / statistics.median(q[1:]), 3) for q, r in zip(plain, ray_rates, strict=True)
+        ],
+        "accuracy_run": {
+            "test_acc_per_epoch": [m["test_acc"] for m in epochs],
+            "reach_99": reach,
+            "fit_wall_s": round(wall, 1),
+            "img_s": [m["train_img_s"] for m in epochs],
+        },
         "peak_rss_mb": {"plain_process": plain_rss, "ray_worker": max(m["max_rss_mb"] for m in epochs)},
     }
     if a.gpu:

@@ -28,9 +28,14 @@ from lstmclf.tune import run
 
 def summarize(rows: list[dict], test_acc: float, wall_s: float | None) -> dict:
     """An experiment's ranked results table, in brief."""
-    return {"epochs_spent": sum(r["epochs_run"] for r in rows), "wall_s": wall_s, "best_trial": rows[0]["trial_id"],
-            "best_val_acc": rows[0]["best_val_acc"], "best_test_acc": test_acc,
-            "trials": [{k: r[k] for k in ("trial_id", "status", "best_val_acc", "epochs_run")} for r in rows]}
+    return {
+        "epochs_spent": sum(r["epochs_run"] for r in rows),
+        "wall_s": wall_s,
+        "best_trial": rows[0]["trial_id"],
+        "best_val_acc": rows[0]["best_val_acc"],
+        "best_test_acc": test_acc,
+        "trials": [{k: r[k] for k in ("trial_id", "status", "best_val_acc", "epochs_run")} for r in rows],
+    }
 
 
 def main() -> None:
@@ -47,16 +52,21 @@ def main() -> None:
     schedulers = a.schedulers.split(",")
 
     with tempfile.TemporaryDirectory() as tmp:
-        base = Config().override({
-            "data.path": str(Path(a.data).resolve()), "train.epochs": a.epochs, "storage.path": a.storage or tmp,
-            "tune.num_samples": a.num_samples, "tune.grace_period": 1, "tune.reduction_factor": a.reduction_factor,
-        })
+        base = Config().override(
+            {
+                "data.path": str(Path(a.data).resolve()),
+                "train.epochs": a.epochs,
+                "storage.path": a.storage or tmp,
+                "tune.num_samples": a.num_samples,
+                "tune.grace_period": 1,
+                "tune.reduction_factor": a.reduction_factor,
+            }
+        )
         splits = load_data(base)
         result = {"num_samples": a.num_samples, "epochs": a.epochs, "reduction_factor": a.reduction_factor}
         for scheduler in schedulers:
             t0 = time.perf_counter()
-            out = run(base.override({"tune.scheduler": scheduler, "storage.name": f"bench-{scheduler}"}),
-                      splits=splits)
+            out = run(base.override({"tune.scheduler": scheduler, "storage.name": f"bench-{scheduler}"}), splits=splits)
             result[scheduler] = summarize(out.table.to_pylist(), out.test_metrics["acc"], time.perf_counter() - t0)
     if a.reuse_fifo:
         exp = Path(a.reuse_fifo)
@@ -68,8 +78,9 @@ def main() -> None:
         if scheduler in result:
             result[f"{scheduler}_epochs_fraction"] = result[scheduler]["epochs_spent"] / full
             if "fifo" in result:
-                result[f"{scheduler}_test_acc_gap_points"] = \
-                    100 * (result["fifo"]["best_test_acc"] - result[scheduler]["best_test_acc"])
+                result[f"{scheduler}_test_acc_gap_points"] = 100 * (
+                    result["fifo"]["best_test_acc"] - result[scheduler]["best_test_acc"]
+                )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k not in ("asha", "sha", "fifo")}, indent=2))

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on a test set: report.json, report.md and confusion_matrix.png.
 
-    python jobs/evaluate.py runs/train-.../epoch_0006 --out eval/
-    python jobs/evaluate.py CKPT --data ../shared/data/mnist       # another MNIST-format test set
+python jobs/evaluate.py runs/train-.../epoch_0006 --out eval/
+python jobs/evaluate.py CKPT --data ../shared/data/mnist       # another MNIST-format test set
 """
 
 import argparse
@@ -14,8 +14,11 @@ def main() -> None:
     p.add_argument("checkpoint", help="checkpoint directory or checkpoint.pt (local path or URI)")
     p.add_argument("--data", help="dataset whose test files are used (default: the checkpoint's own data.path)")
     p.add_argument("--out", default="eval", help="output directory (default: ./eval)")
-    p.add_argument("--s3-endpoint", default="", help="S3-compatible endpoint URL for s3:// URIs "
-                   "(default: AWS_ENDPOINT_URL_S3, else AWS)")
+    p.add_argument(
+        "--s3-endpoint",
+        default="",
+        help="S3-compatible endpoint URL for s3:// URIs (default: AWS_ENDPOINT_URL_S3, else AWS)",
+    )
     a = p.parse_args()
 
     from lstmclf.evaluate import evaluate_checkpoint, write_report
@@ -23,8 +26,10 @@ def main() -> None:
     # Only the test files are read, their labels checked against the checkpoint's classes.
     report = evaluate_checkpoint(a.checkpoint, data=a.data or "", endpoint=a.s3_endpoint)
     paths = write_report(report, a.out)
-    print(f"acc {report['acc']:.2%}  precision {report['precision']:.4f}  recall {report['recall']:.4f}  "
-          f"f1 {report['f1']:.4f}  ({report['images']} test images)")
+    print(
+        f"acc {report['acc']:.2%}  precision {report['precision']:.4f}  recall {report['recall']:.4f}  "
+        f"f1 {report['f1']:.4f}  ({report['images']} test images)"
+    )
     print("wrote " + ", ".join(str(x) for x in paths))
 
 

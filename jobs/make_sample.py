@@ -1,6 +1,6 @@
 """Rebuild the MNIST sample bundled in lstmclf/data/sample from the full dataset.
 
-    python jobs/make_sample.py --src ../shared/data/mnist
+python jobs/make_sample.py --src ../shared/data/mnist
 """
 
 import argparse

@@ -18,20 +18,24 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="directory (or URI) holding the four IDX files; 'sample' = the bundled sample")
     p.add_argument("dest", help="where to publish them: local directory or s3://bucket/prefix")
-    p.add_argument("--s3-endpoint", default="", help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL_S3, "
-                   "else AWS)")
+    p.add_argument(
+        "--s3-endpoint", default="", help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL_S3, else AWS)"
+    )
     p.add_argument("--num-classes", type=int, default=0, help="expected classes (default: max train label + 1)")
     p.add_argument("--force", action="store_true", help="replace another dataset already at dest")
     a = p.parse_args()
 
     from lstmclf.data import prepare_dataset
 
-    manifest, uploaded = prepare_dataset(a.src, a.dest, endpoint=a.s3_endpoint, num_classes=a.num_classes,
-                                         force=a.force)
+    manifest, uploaded = prepare_dataset(
+        a.src, a.dest, endpoint=a.s3_endpoint, num_classes=a.num_classes, force=a.force
+    )
     c = manifest["counts"]
     what = "published" if uploaded else "already up to date:"
-    print(f"{what} {a.dest}: {c['train']} train / {c['test']} test images of {manifest['image_shape']}, "
-          f"{manifest['num_classes']} classes, {len(manifest['files'])} files + manifest.json")
+    print(
+        f"{what} {a.dest}: {c['train']} train / {c['test']} test images of {manifest['image_shape']}, "
+        f"{manifest['num_classes']} classes, {len(manifest['files'])} files + manifest.json"
+    )
 
 
 if __name__ == "__main__":

@@ -39,9 +39,17 @@ def main() -> None:
     from lstmclf.config import load_config
     from lstmclf.registry import Registry
 
-    st = load_config(a.config).override({k: v for k, v in {"storage.registry": a.registry,
-                                                            "storage.s3_endpoint": a.s3_endpoint}.items()
-                                         if v is not None}).storage
+    st = (
+        load_config(a.config)
+        .override(
+            {
+                k: v
+                for k, v in {"storage.registry": a.registry, "storage.s3_endpoint": a.s3_endpoint}.items()
+                if v is not None
+            }
+        )
+        .storage
+    )
     r = Registry(st.registry, st.s3_endpoint)
     if a.command == "register":
         v = r.register(a.checkpoint, a.name, source=a.source)
@@ -52,23 +60,26 @@ def main() -> None:
             print(f"no models in {st.registry}")
         for name in names:
             champ = r.champion(name)
-            print(f"{name}: versions {', '.join(map(str, r.versions(name)))}; "
-                  f"champion {'version ' + str(champ[0]) if champ else 'none'}")
+            print(
+                f"{name}: versions {', '.join(map(str, r.versions(name)))}; "
+                f"champion {'version ' + str(champ[0]) if champ else 'none'}"
+            )
     elif a.command == "list":
         champ = r.champion(a.name)
         for v in r.versions(a.name):
             m = r.show(a.name, v)
             acc = m["metrics"].get("val_acc")
             mark = "  (champion)" if champ and champ[0] == v else ""
-            print(f"{a.name} v{v}  val_acc {'-' if acc is None else f'{acc:.4f}'}  epoch {m['metrics'].get('epoch')}  "
-                  f"registered {m['created']}  from {m['source']['checkpoint']}{mark}")
+            print(
+                f"{a.name} v{v}  val_acc {'-' if acc is None else f'{acc:.4f}'}  epoch {m['metrics'].get('epoch')}  "
+                f"registered {m['created']}  from {m['source']['checkpoint']}{mark}"
+            )
     elif a.command == "show":
         print(json.dumps(r.show(a.name, a.version), indent=2))
     else:
         before = r.champion(a.name)
         v, _ = r.promote(a.name, a.version, expected=before[1] if before else None)
-        print(f"{a.name}: champion is now version {v} "
-              f"(was {'version ' + str(before[0]) if before else 'none'})")
+        print(f"{a.name}: champion is now version {v} (was {'version ' + str(before[0]) if before else 'none'})")
 
 
 if __name__ == "__main__":

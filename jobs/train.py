@@ -21,8 +21,10 @@ def main() -> None:
     from lstmclf.train import fit  # Ray is imported only once the config is valid
 
     out = fit(cfg)
-    print(f"\nrun {out.run_path}: {out.epochs_run} epochs, best val_acc {out.best_metrics['val_acc']:.2%} "
-          f"(epoch {out.best_metrics['epoch']})")
+    print(
+        f"\nrun {out.run_path}: {out.epochs_run} epochs, best val_acc {out.best_metrics['val_acc']:.2%} "
+        f"(epoch {out.best_metrics['epoch']})"
+    )
     print(test_line(out.test_metrics))
     print(f"best checkpoint: {out.best_checkpoint}")
 

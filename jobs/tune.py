@@ -16,8 +16,15 @@ import argparse
 from lstmclf.cli import add_config_args, config_from_args, run_main
 
 # A seconds-long experiment on a slice of the sample: checks the whole path end to end.
-SMOKE = {"data.limit_train": 1000, "data.limit_test": 200, "train.epochs": 2, "train.batch_size": 32,
-         "model.width": 8, "model.hidden": 32, "tune.num_samples": 2}
+SMOKE = {
+    "data.limit_train": 1000,
+    "data.limit_test": 200,
+    "train.epochs": 2,
+    "train.batch_size": 32,
+    "model.width": 8,
+    "model.hidden": 32,
+    "tune.num_samples": 2,
+}
 
 
 def main() -> None:
@@ -27,8 +34,11 @@ def main() -> None:
     p.add_argument("--workers-per-trial", type=int, dest="workers", help="DDP workers per trial (same as --workers)")
     p.add_argument("--max-epochs", type=int, dest="epochs", help="epochs a trial may run (same as --epochs)")
     p.add_argument("--search", choices=["random", "optuna"], help="tune.search")
-    p.add_argument("--resume", action="store_true",
-                   help="resume the experiment --name (default: the newest experiment under --storage)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume the experiment --name (default: the newest experiment under --storage)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny data, model and trial count: a seconds-long run")
     a = p.parse_args()
     for key, flag in (("tune.num_samples", a.num_samples), ("tune.search", a.search)):
@@ -46,8 +56,10 @@ def main() -> None:
     best = out.table.slice(0, 1).to_pylist()[0]
     stopped = out.table["status"].to_pylist().count("stopped early")
     print("\n" + markdown_table(out.table))
-    print(f"experiment {out.experiment}: {out.table.num_rows} trials, {stopped} stopped early "
-          f"(tune.scheduler {cfg.tune.scheduler})")
+    print(
+        f"experiment {out.experiment}: {out.table.num_rows} trials, {stopped} stopped early "
+        f"(tune.scheduler {cfg.tune.scheduler})"
+    )
     print(f"best trial {best['trial_id']}: val_acc {best['best_val_acc']:.2%} at epoch {best['best_epoch']}")
     print(test_line(out.test_metrics))
     print(f"results:         {out.experiment}/results.md (also .csv, .parquet)")

@@ -109,8 +109,9 @@ def _read_checkpoint(uri: str, endpoint: str) -> tuple[dict[str, bytes], str]:
         raise CheckpointError(f"checkpoint {uri}: {e}") from None
     for name, data in files.items():
         if sha256(data) != listed[name]:
-            raise CheckpointError(f"checkpoint {shown}/{name} does not match the sha256 in its {MANIFEST} "
-                                  "(tampered or corrupt)")
+            raise CheckpointError(
+                f"checkpoint {shown}/{name} does not match the sha256 in its {MANIFEST} (tampered or corrupt)"
+            )
     return {**files, MANIFEST: raw_manifest}, shown
 
 
@@ -133,8 +134,9 @@ def check_listing(names: Iterable[str], allowed: tuple[str, ...], listing: str, 
     names = list(names)
     for name in names:
         if name not in allowed:
-            raise CheckpointError(f"{listing} lists {name[:100]!r}, not a checkpoint file ({', '.join(allowed)}); "
-                                  f"{refusal}")
+            raise CheckpointError(
+                f"{listing} lists {name[:100]!r}, not a checkpoint file ({', '.join(allowed)}); {refusal}"
+            )
     if FILE not in names:
         raise CheckpointError(f"{listing} does not list {FILE}")
 
@@ -146,8 +148,9 @@ def model_from_checkpoint(state: dict[str, Any]) -> tuple[Classifier, Config]:
     except ConfigError as e:
         raise CheckpointError(f"checkpoint config is invalid: {e}") from None
     # The backbone's weights come from the checkpoint, not from the original pretrained file.
-    model = build_model(cfg.override({"model.pretrained": ""}).model, state["data"]["num_classes"],
-                        tuple(state["data"]["image_shape"]))
+    model = build_model(
+        cfg.override({"model.pretrained": ""}).model, state["data"]["num_classes"], tuple(state["data"]["image_shape"])
+    )
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

@@ -14,27 +14,43 @@ from lstmclf.errors import LstmclfError
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """Flags every job shares; each is a shorthand for one `--set section.key=value`."""
     p.add_argument("--config", help="YAML or JSON config file (a saved best recipe works too)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set model.lstm_layers=3 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set model.lstm_layers=3 (repeatable)",
+    )
     p.add_argument("--data", help="dataset directory or URI (data.path); default: the bundled MNIST sample")
     p.add_argument("--storage", help="where runs go: local directory or s3://bucket/prefix (storage.path)")
     p.add_argument("--name", help="run / experiment name under the storage path (storage.name)")
-    p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL for s3:// URIs, e.g. http://minio:9000 "
-                   "(storage.s3_endpoint; default: AWS_ENDPOINT_URL_S3, else AWS)")
+    p.add_argument(
+        "--s3-endpoint",
+        help="S3-compatible endpoint URL for s3:// URIs, e.g. http://minio:9000 "
+        "(storage.s3_endpoint; default: AWS_ENDPOINT_URL_S3, else AWS)",
+    )
     p.add_argument("--epochs", type=int, help="train.epochs")
     p.add_argument("--workers", type=int, help="DDP workers per run (scaling.num_workers)")
     p.add_argument("--cpus-per-worker", type=int, help="scaling.cpus_per_worker")
-    p.add_argument("--gpus-per-worker", type=float,
-                   help="train on GPUs with this many per worker (sets scaling.use_gpu)")
+    p.add_argument(
+        "--gpus-per-worker", type=float, help="train on GPUs with this many per worker (sets scaling.use_gpu)"
+    )
 
 
-def config_from_args(a: argparse.Namespace, prefix: str = "run", preset: dict | None = None,
-                     pick_name: bool = True) -> Config:
+def config_from_args(
+    a: argparse.Namespace, prefix: str = "run", preset: dict | None = None, pick_name: bool = True
+) -> Config:
     """Defaults <- --config file <- `preset` <- --set overrides <- shorthand flags; a run name is
     picked from the time if none is set and `pick_name`."""
-    flags = {"data.path": a.data, "storage.path": a.storage, "storage.name": a.name,
-             "storage.s3_endpoint": a.s3_endpoint, "train.epochs": a.epochs,
-             "scaling.num_workers": a.workers, "scaling.cpus_per_worker": a.cpus_per_worker}
+    flags = {
+        "data.path": a.data,
+        "storage.path": a.storage,
+        "storage.name": a.name,
+        "storage.s3_endpoint": a.s3_endpoint,
+        "train.epochs": a.epochs,
+        "scaling.num_workers": a.workers,
+        "scaling.cpus_per_worker": a.cpus_per_worker,
+    }
     if a.gpus_per_worker:
         flags |= {"scaling.use_gpu": True, "scaling.gpus_per_worker": a.gpus_per_worker}
     preset_sets = [f"{k}={v}" for k, v in (preset or {}).items()]

@@ -41,9 +41,12 @@ def _one_of(value: str, key: str, allowed: Iterable[str]) -> None:
 
 def _no_credentials(uri: str, key: str) -> None:
     """Refuse `scheme://user:secret@host/...`: configs are saved next to every artifact."""
-    _require("@" not in uri.partition("://")[2].split("/", 1)[0], key,
-             "must not hold credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an "
-             "instance role supply them)")
+    _require(
+        "@" not in uri.partition("://")[2].split("/", 1)[0],
+        key,
+        "must not hold credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an "
+        "instance role supply them)",
+    )
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,12 @@ class DataConfig:
     def __post_init__(self) -> None:
         _require(bool(self.path), "data.path", "must not be empty")
         _no_credentials(self.path, "data.path")
-        _require(self.num_classes == 0 or self.num_classes >= 2, "data.num_classes",
-                 f"{self.num_classes} must be 0 (infer) or >= 2")
-        _require(0.0 < self.val_fraction < 1.0, "data.val_fraction",
-                 f"{self.val_fraction} is outside (0, 1)")
+        _require(
+            self.num_classes == 0 or self.num_classes >= 2,
+            "data.num_classes",
+            f"{self.num_classes} must be 0 (infer) or >= 2",
+        )
+        _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"{self.val_fraction} is outside (0, 1)")
         _require(self.limit_train >= 0, "data.limit_train", f"{self.limit_train} < 0")
         _require(self.limit_test >= 0, "data.limit_test", f"{self.limit_test} < 0")
         _require(0 <= self.shift <= 8, "data.shift", f"{self.shift} is outside [0, 8]")
@@ -90,8 +95,11 @@ class ModelConfig:
         _one_of(self.head, "model.head", registry.head_names())
         _one_of(self.axis, "model.axis", AXES)
         _one_of(self.pool, "model.pool", POOLS)
-        _require(self.backbone != "none" or self.head == "lstm", "model.head",
-                 "backbone 'none' needs head 'lstm' (a linear head on raw pixels is not a model here)")
+        _require(
+            self.backbone != "none" or self.head == "lstm",
+            "model.head",
+            "backbone 'none' needs head 'lstm' (a linear head on raw pixels is not a model here)",
+        )
         _require(4 <= self.width <= 512, "model.width", f"{self.width} is outside [4, 512]")
         _require(1 <= self.lstm_layers <= 8, "model.lstm_layers", f"{self.lstm_layers} is outside [1, 8]")
         _require(1 <= self.hidden <= 4096, "model.hidden", f"{self.hidden} is outside [1, 4096]")
@@ -126,8 +134,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.name, "loss.name", LOSSES)
-        _require(0.0 <= self.label_smoothing < 1.0, "loss.label_smoothing",
-                 f"{self.label_smoothing} is outside [0, 1)")
+        _require(0.0 <= self.label_smoothing < 1.0, "loss.label_smoothing", f"{self.label_smoothing} is outside [0, 1)")
         _require(0.0 <= self.focal_gamma <= 10.0, "loss.focal_gamma", f"{self.focal_gamma} is outside [0, 10]")
 
 
@@ -143,8 +150,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(1 <= self.epochs <= 10_000, "train.epochs", f"{self.epochs} is outside [1, 10000]")
         _require(1 <= self.batch_size <= 65_536, "train.batch_size", f"{self.batch_size} is outside [1, 65536]")
-        _require(1 <= self.eval_batch_size <= 65_536, "train.eval_batch_size",
-                 f"{self.eval_batch_size} is outside [1, 65536]")
+        _require(
+            1 <= self.eval_batch_size <= 65_536,
+            "train.eval_batch_size",
+            f"{self.eval_batch_size} is outside [1, 65536]",
+        )
         _require(self.checkpoints_to_keep >= 1, "train.checkpoints_to_keep", f"{self.checkpoints_to_keep} < 1")
         _require(self.max_failures >= -1, "train.max_failures", f"{self.max_failures} < -1 (-1 = retry forever)")
 
@@ -159,8 +169,9 @@ class ScalingConfig:
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, "scaling.num_workers", f"{self.num_workers} < 1")
         _require(self.cpus_per_worker >= 1, "scaling.cpus_per_worker", f"{self.cpus_per_worker} < 1")
-        _require(0.0 < self.gpus_per_worker <= 8.0, "scaling.gpus_per_worker",
-                 f"{self.gpus_per_worker} is outside (0, 8]")
+        _require(
+            0.0 < self.gpus_per_worker <= 8.0, "scaling.gpus_per_worker", f"{self.gpus_per_worker} is outside (0, 8]"
+        )
 
 
 @dataclass(frozen=True)
@@ -175,8 +186,11 @@ class StorageConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.path), "storage.path", "must not be empty")
-        _require("/" not in self.name and self.name not in (".", ".."), "storage.name",
-                 f"{self.name!r} must be a single path component")
+        _require(
+            "/" not in self.name and self.name not in (".", ".."),
+            "storage.name",
+            f"{self.name!r} must be a single path component",
+        )
         _require(bool(self.registry), "storage.registry", "must not be empty")
         for key in ("path", "s3_endpoint", "registry"):
             _no_credentials(getattr(self, key), f"storage.{key}")
@@ -247,19 +261,32 @@ class Config:
 # Keys that may change when a run or experiment resumes: how many workers, how failures are handled,
 # where the S3 endpoint and the registry are. Anything else would not fit the checkpoints or schedule.
 # (Not scaling.num_workers: it sets the batches per epoch, so the LR schedule of the checkpoint.)
-RESUMABLE_CHANGES = ("scaling.use_gpu", "scaling.cpus_per_worker", "scaling.gpus_per_worker", "train.max_failures",
-                     "train.checkpoints_to_keep", "storage.s3_endpoint", "storage.registry")
+RESUMABLE_CHANGES = (
+    "scaling.use_gpu",
+    "scaling.cpus_per_worker",
+    "scaling.gpus_per_worker",
+    "train.max_failures",
+    "train.checkpoints_to_keep",
+    "storage.s3_endpoint",
+    "storage.registry",
+)
 
 
 def check_resumable(old: Config, new: Config, what: str) -> None:
     """Refuse to resume `old`'s run or experiment under `new` when a difference would not fit its
     checkpoints or schedule; one ConfigError line naming the first differences."""
     a, b = old.to_dict(), new.to_dict()
-    diff = [f"{s}.{k}: {a[s][k]!r} -> {v!r}" for s in b for k, v in b[s].items()
-            if v != a[s][k] and not f"{s}.{k}".startswith(RESUMABLE_CHANGES)]
+    diff = [
+        f"{s}.{k}: {a[s][k]!r} -> {v!r}"
+        for s in b
+        for k, v in b[s].items()
+        if v != a[s][k] and not f"{s}.{k}".startswith(RESUMABLE_CHANGES)
+    ]
     if diff:
-        raise ConfigError(f"{what} {new.storage.name} exists with another config ({'; '.join(diff[:4])}); "
-                          "resume it with the same config or choose a new name")
+        raise ConfigError(
+            f"{what} {new.storage.name} exists with another config ({'; '.join(diff[:4])}); "
+            "resume it with the same config or choose a new name"
+        )
 
 
 def dotted_keys(cls: type = Config, prefix: str = "") -> dict[str, type]:

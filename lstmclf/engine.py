@@ -38,18 +38,21 @@ def build_loss(cfg: LossConfig) -> nn.Module:
 def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     params = list(params)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay
+        )
     cls = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam, "adamw": torch.optim.AdamW}[cfg.name]
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer,
-                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(
+    cfg: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Stepped once per batch over the whole run (`total_steps` = epochs * batches per epoch)."""
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
-                                                   pct_start=max(cfg.warmup, 1e-3))
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=max(cfg.warmup, 1e-3)
+        )
     warm = int(cfg.warmup * total_steps) if cfg.schedule == "cosine" else 0
 
     def factor(step: int) -> float:
@@ -82,9 +85,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                loss_fn: nn.Module, *, device: torch.device, grad_clip: float = 0.0) -> tuple[torch.Tensor, int]:
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: nn.Module,
+    *,
+    device: torch.device,
+    grad_clip: float = 0.0,
+) -> tuple[torch.Tensor, int]:
     """One pass over `batches`; returns (sum of per-image losses as a device tensor, images seen).
 
     The loss stays on the device (no .item() per step), so the GPU is never stalled for logging.
@@ -107,8 +117,14 @@ def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Te
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int, *,
-             device: torch.device, detailed: bool = False) -> dict[str, float | list]:
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    *,
+    device: torch.device,
+    detailed: bool = False,
+) -> dict[str, float | list]:
     """Accuracy, macro precision / recall / F1 and mean cross-entropy over `batches`.
 
     Under torch.distributed each rank passes its own shard; torchmetrics sums the states of all

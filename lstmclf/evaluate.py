@@ -15,8 +15,15 @@ from lstmclf.engine import evaluate
 from lstmclf.errors import DataError
 
 
-def evaluate_checkpoint(uri: str, test: Split | None = None, *, data: str = "", device: torch.device | None = None,
-                        batch_size: int = 1024, endpoint: str = "") -> dict[str, Any]:
+def evaluate_checkpoint(
+    uri: str,
+    test: Split | None = None,
+    *,
+    data: str = "",
+    device: torch.device | None = None,
+    batch_size: int = 1024,
+    endpoint: str = "",
+) -> dict[str, Any]:
     """Metrics of a checkpoint on a test split (default: the test files of `data`, else of the
     checkpoint's own dataset; only those two files are read), with the checkpoint's own
     normalisation; `endpoint`: the S3 endpoint of s3:// URIs."""
@@ -27,32 +34,53 @@ def evaluate_checkpoint(uri: str, test: Split | None = None, *, data: str = "", 
         test = load_test(data or cfg.data.path, num_classes=state["data"]["num_classes"], endpoint=endpoint)
     info = state["data"]
     if [1, *test.images.shape[1:]] != list(info["image_shape"]):
-        raise DataError(f"test images are {list(test.images.shape[1:])}, the checkpoint's model takes "
-                        f"{info['image_shape'][1:]}")
+        raise DataError(
+            f"test images are {list(test.images.shape[1:])}, the checkpoint's model takes {info['image_shape'][1:]}"
+        )
     if int(test.labels.max()) >= info["num_classes"]:
         raise DataError(f"test labels reach {int(test.labels.max())}, the checkpoint has {info['num_classes']} classes")
     loader = BatchLoader(*to_tensors(test, device), batch_size, mean=info["mean"], std=info["std"])
     report = evaluate(model.to(device), loader, info["num_classes"], device=device, detailed=True)
-    return {"checkpoint": uri, "epoch": state["epoch"] + 1, "images": len(test), "num_classes": info["num_classes"],
-            "model": dataclasses.asdict(cfg.model), **report}
+    return {
+        "checkpoint": uri,
+        "epoch": state["epoch"] + 1,
+        "images": len(test),
+        "num_classes": info["num_classes"],
+        "model": dataclasses.asdict(cfg.model),
+        **report,
+    }
 
 
 def markdown(report: dict[str, Any]) -> str:
     """Summary, per-class table and confusion matrix as Markdown."""
     n = report["num_classes"]
     lines = [
-        f"# Evaluation of `{report['checkpoint']}`", "",
-        f"{report['images']} test images, {n} classes, checkpoint epoch {report['epoch']}.", "",
-        "| metric | value |", "| --- | --- |",
+        f"# Evaluation of `{report['checkpoint']}`",
+        "",
+        f"{report['images']} test images, {n} classes, checkpoint epoch {report['epoch']}.",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
         *(f"| {k} | {report[k]:.4f} |" for k in ("acc", "precision", "recall", "f1", "loss")),
-        "", "## Per class", "", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |",
+        "",
+        "## Per class",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "| --- | --- | --- | --- | --- |",
     ]
     support = [sum(row) for row in report["confusion"]]
     for c in range(n):
-        lines.append(f"| {c} | {report['precision_per_class'][c]:.4f} | {report['recall_per_class'][c]:.4f} | "
-                     f"{report['f1_per_class'][c]:.4f} | {support[c]} |")
-    lines += ["", "## Confusion matrix (rows: true class, columns: predicted)", "",
-              "| | " + " | ".join(str(c) for c in range(n)) + " |", "|---" * (n + 1) + "|"]
+        lines.append(
+            f"| {c} | {report['precision_per_class'][c]:.4f} | {report['recall_per_class'][c]:.4f} | "
+            f"{report['f1_per_class'][c]:.4f} | {support[c]} |"
+        )
+    lines += [
+        "",
+        "## Confusion matrix (rows: true class, columns: predicted)",
+        "",
+        "| | " + " | ".join(str(c) for c in range(n)) + " |",
+        "|---" * (n + 1) + "|",
+    ]
     lines += [f"| **{r}** | " + " | ".join(str(v) for v in row) + " |" for r, row in enumerate(report["confusion"])]
     return "\n".join(lines) + "\n"
 
@@ -71,8 +99,15 @@ def plot_confusion(report: dict[str, Any], path: Path) -> None:
     if n <= 20:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"accuracy {report['acc']:.2%}, macro F1 {report['f1']:.4f}")
@@ -106,5 +141,7 @@ def headline(report: dict[str, Any]) -> dict[str, float]:
 
 def test_line(report: dict[str, Any]) -> str:
     """One line for a job's final summary."""
-    return (f"test ({report['images']} images): acc {report['acc']:.2%}  precision {report['precision']:.4f}  "
-            f"recall {report['recall']:.4f}  f1 {report['f1']:.4f}")
+    return (
+        f"test ({report['images']} images): acc {report['acc']:.2%}  precision {report['precision']:.4f}  "
+        f"recall {report['recall']:.4f}  f1 {report['f1']:.4f}"
+    )

@@ -90,7 +90,7 @@ class Halving:
                 return
             scored = [t for t in entrants if t in self.scores[k]]
             ranked = sorted(scored, key=lambda t: -self.scores[k][t])  # stable: ties keep the added order
-            self.kept[k] = ranked[:max(1, len(scored) // self.reduction_factor)]
+            self.kept[k] = ranked[: max(1, len(scored) // self.reduction_factor)]
 
 
 def epochs_run(curves: dict[str, list[float]], max_t: int, grace_period: int, reduction_factor: int) -> dict[str, int]:
@@ -130,9 +130,19 @@ class SyncHalvingScheduler(FIFOScheduler):
 
     _supports_buffered_results = False  # a trial must pause at its rung's result, not a few epochs later
 
-    def __init__(self, num_trials: int, max_t: int, grace_period: int, reduction_factor: int, *,
-                 time_attr: str = "epoch", search: Any = None, max_concurrent: int = 0, metrics_uri: str = "",
-                 endpoint: str = "") -> None:
+    def __init__(
+        self,
+        num_trials: int,
+        max_t: int,
+        grace_period: int,
+        reduction_factor: int,
+        *,
+        time_attr: str = "epoch",
+        search: Any = None,
+        max_concurrent: int = 0,
+        metrics_uri: str = "",
+        endpoint: str = "",
+    ) -> None:
         super().__init__()
         self._search, self._max_concurrent = search, max_concurrent
         self._halving = Halving(num_trials, max_t, grace_period, reduction_factor)
@@ -196,8 +206,10 @@ class SyncHalvingScheduler(FIFOScheduler):
 
     def debug_string(self) -> str:
         h = self._halving
-        cuts = ", ".join(f"{r}: {len(h.scores[k])} in" + (f", {len(h.kept[k])} on" if h.kept[k] is not None else "")
-                         for k, r in enumerate(h.rungs))
+        cuts = ", ".join(
+            f"{r}: {len(h.scores[k])} in" + (f", {len(h.kept[k])} on" if h.kept[k] is not None else "")
+            for k, r in enumerate(h.rungs)
+        )
         return f"Synchronous successive halving, rungs at {self._time_attr} {cuts}."
 
     def _observe(self, trial_id: str, result: dict) -> None:
@@ -234,7 +246,11 @@ class SyncHalvingScheduler(FIFOScheduler):
         if tune_controller is None:
             return
         for trial in list(self._trials.values()):
-            if trial is not but and trial.trial_id not in self._halving.ended \
-                    and (trial.status == Trial.PAUSED or trial.is_saving) and self._verdict(trial) == STOP:
+            if (
+                trial is not but
+                and trial.trial_id not in self._halving.ended
+                and (trial.status == Trial.PAUSED or trial.is_saving)
+                and self._verdict(trial) == STOP
+            ):
                 self._halving.end(trial.trial_id)  # first: stop_trial calls on_trial_remove, which settles again
                 tune_controller.stop_trial(trial)

@@ -41,8 +41,9 @@ def record_path(table_path: str, trial_id: str, epoch: int) -> str:
     return f"{table_path}/trial_id={quote(trial_id, safe='')}/epoch={epoch}.parquet"
 
 
-def write_record(table_uri: str, trial_id: str, epoch: int, config: dict[str, Any], metrics: dict[str, Any],
-                 *, endpoint: str = "") -> str:
+def write_record(
+    table_uri: str, trial_id: str, epoch: int, config: dict[str, Any], metrics: dict[str, Any], *, endpoint: str = ""
+) -> str:
     """Write one epoch's row (retried on transient storage errors); returns the file's path."""
     row: dict[str, Any] = {"trial_id": trial_id, "epoch": int(epoch)}
     row |= {k: v for k, v in metrics.items() if k not in row and isinstance(v, (int, float, str, bool))}

@@ -105,8 +105,9 @@ class _S3Store:
         base = self._key("")
         keys = []
         try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                               Prefix=self._key(rel_prefix)):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(rel_prefix)
+            ):
                 keys += [o["Key"].removeprefix(base) for o in page.get("Contents", [])]
         except (ClientError, BotoCoreError) as e:
             raise self._fail(e, f"list {rel_prefix or '/'}") from None
@@ -198,9 +199,13 @@ class Registry:
             self._put_new(f"{where}/{fname}", data)
         experiment = source or checkpoint_uri.rsplit("/", 1)[0]
         manifest = {
-            "format": FORMAT, "name": name, "version": version, "created": _now(),
+            "format": FORMAT,
+            "name": name,
+            "version": version,
+            "created": _now(),
             "source": {"checkpoint": checkpoint_uri, "experiment": experiment},
-            "config": config, "metrics": metrics,
+            "config": config,
+            "metrics": metrics,
             "files": {fname: {"sha256": sha256(data), "bytes": len(data)} for fname, data in sorted(files.items())},
         }
         self._put_new(f"{where}/{VERSION_FILE}", json.dumps(manifest, indent=2).encode())
@@ -213,8 +218,9 @@ class Registry:
     def versions(self, name: str) -> list[int]:
         """Complete versions of `name`, oldest first."""
         _check_name(name)
-        return sorted(int(k.split("/")[2]) for k in self._store.list(f"{name}/versions/")
-                      if k.endswith(f"/{VERSION_FILE}"))
+        return sorted(
+            int(k.split("/")[2]) for k in self._store.list(f"{name}/versions/") if k.endswith(f"/{VERSION_FILE}")
+        )
 
     def show(self, name: str, version: int | str = "champion") -> dict[str, Any]:
         """The manifest of one version (config, metrics, source, files), `champion` the pointer's."""
@@ -238,15 +244,22 @@ class Registry:
         v = self._number(name, version)
         if v not in self.versions(name):
             raise RegistryError(f"registry {self.uri}: {name} has no version {v} (versions: {self._listing(name)})")
-        pointer = {"version": v, "promoted_at": _now(), "by": f"{socket.gethostname()}:{os.getpid()}",
-                   "nonce": uuid.uuid4().hex}  # distinct bytes, so distinct etags, for every promotion
+        pointer = {
+            "version": v,
+            "promoted_at": _now(),
+            "by": f"{socket.gethostname()}:{os.getpid()}",
+            "nonce": uuid.uuid4().hex,
+        }  # distinct bytes, so distinct etags, for every promotion
         try:
-            return v, self._store.put(f"{name}/{CHAMPION_FILE}", json.dumps(pointer).encode(),
-                                      create_only=expected is None, if_match=expected)
+            return v, self._store.put(
+                f"{name}/{CHAMPION_FILE}", json.dumps(pointer).encode(), create_only=expected is None, if_match=expected
+            )
         except _Precondition:
             now = self.champion(name)
-            raise RegistryError(f"registry {self.uri}: the champion of {name} changed since it was read (now "
-                                f"{'version ' + str(now[0]) if now else 'none'}); read it again and retry") from None
+            raise RegistryError(
+                f"registry {self.uri}: the champion of {name} changed since it was read (now "
+                f"{'version ' + str(now[0]) if now else 'none'}); read it again and retry"
+            ) from None
 
     def load(self, name: str, version: int | str = "champion") -> tuple[Classifier, Config, dict[str, Any]]:
         """(model in eval mode on CPU, its config, the checkpoint state) of a version; every file is
@@ -263,8 +276,10 @@ class Registry:
             if got is None:
                 raise CheckpointError(f"registry {self.uri}: {name} version {v} lacks {fname}")
             if sha256(got[0]) != (entry.get("sha256") if isinstance(entry, dict) else None):
-                raise CheckpointError(f"registry {self.uri}: {name} version {v}: {fname} does not match the "
-                                      f"sha256 in its {VERSION_FILE} (tampered or corrupt); refusing to load")
+                raise CheckpointError(
+                    f"registry {self.uri}: {name} version {v}: {fname} does not match the "
+                    f"sha256 in its {VERSION_FILE} (tampered or corrupt); refusing to load"
+                )
             files[fname] = got[0]
         state = state_from_bytes(files[FILE], f"{self.uri}/{where}/{FILE}")
         model, cfg = model_from_checkpoint(state)
@@ -275,9 +290,13 @@ class Registry:
         v = max(taken, default=0) + 1
         while True:
             try:
-                self._store.put(f"{name}/versions/{v:06d}/{CLAIM_FILE}",
-                                json.dumps({"at": _now(), "by": f"{socket.gethostname()}:{os.getpid()}",
-                                            "nonce": uuid.uuid4().hex}).encode(), create_only=True)
+                self._store.put(
+                    f"{name}/versions/{v:06d}/{CLAIM_FILE}",
+                    json.dumps(
+                        {"at": _now(), "by": f"{socket.gethostname()}:{os.getpid()}", "nonce": uuid.uuid4().hex}
+                    ).encode(),
+                    create_only=True,
+                )
                 return v
             except _Precondition:
                 v += 1  # another registration took it
@@ -293,8 +312,9 @@ class Registry:
         if version == "champion":
             now = self.champion(name)
             if now is None:
-                raise RegistryError(f"registry {self.uri}: {name} has no champion yet "
-                                    f"(versions: {self._listing(name)})")
+                raise RegistryError(
+                    f"registry {self.uri}: {name} has no champion yet (versions: {self._listing(name)})"
+                )
             return now[0]
         try:
             return int(str(version).removeprefix("v"))

@@ -33,11 +33,30 @@ log = logging.getLogger(__name__)
 S3_ATTEMPTS = 12  # per S3 request: waits of <1, <2, <4 ... s, capped at 20 s: ~2-3 min of outage ride through
 OP_ATTEMPTS = 3  # per whole-file operation, on top of the SDK's per-request retries
 # Error text of pyarrow (AWS SDK) and botocore that marks a failure worth retrying.
-TRANSIENT = ("NETWORK_CONNECTION", "SLOW_DOWN", "SlowDown", "Throttl", "THROTTLING", "SERVICE_UNAVAILABLE",
-             "ServiceUnavailable", "INTERNAL_FAILURE", "InternalError", "RequestTimeout", "REQUEST_TIMEOUT",
-             "Timeout", "timed out", "Connection refused", "Connection reset", "Broken pipe", "curlCode",
-             "HTTP status 500", "HTTP status 502", "HTTP status 503", "HTTP status 504")
-NO_CREDENTIALS = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an instance role")
+TRANSIENT = (
+    "NETWORK_CONNECTION",
+    "SLOW_DOWN",
+    "SlowDown",
+    "Throttl",
+    "THROTTLING",
+    "SERVICE_UNAVAILABLE",
+    "ServiceUnavailable",
+    "INTERNAL_FAILURE",
+    "InternalError",
+    "RequestTimeout",
+    "REQUEST_TIMEOUT",
+    "Timeout",
+    "timed out",
+    "Connection refused",
+    "Connection reset",
+    "Broken pipe",
+    "curlCode",
+    "HTTP status 500",
+    "HTTP status 502",
+    "HTTP status 503",
+    "HTTP status 504",
+)
+NO_CREDENTIALS = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an instance role"
 
 
 def is_remote(uri: str) -> bool:
@@ -134,8 +153,12 @@ def s3_client(endpoint: str = "", *, attempts: int = S3_ATTEMPTS, timeout: float
     from botocore.config import Config as BotoConfig
 
     url = endpoint_url(endpoint)
-    cfg = BotoConfig(retries={"mode": "standard", "max_attempts": attempts}, connect_timeout=min(timeout, 5),
-                     read_timeout=timeout, s3={"addressing_style": "path"} if url else {})
+    cfg = BotoConfig(
+        retries={"mode": "standard", "max_attempts": attempts},
+        connect_timeout=min(timeout, 5),
+        read_timeout=timeout,
+        s3={"addressing_style": "path"} if url else {},
+    )
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ("us-east-1" if url else None)
     return boto3.session.Session().client("s3", endpoint_url=url or None, region_name=region, config=cfg)
 
@@ -160,21 +183,28 @@ def check(uri: str, endpoint: str = "") -> None:
         client.head_bucket(Bucket=bucket)
     except bex.NoCredentialsError:
         raise StorageError(f"no AWS credentials to reach {uri}: {NO_CREDENTIALS}") from None
-    except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError,
-            bex.ConnectionClosedError) as e:
-        raise StorageError(f"cannot reach the S3 endpoint {url or 'of AWS'} for {uri} "
-                           f"({type(e).__name__}); check storage.s3_endpoint / --s3-endpoint") from None
+    except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError, bex.ConnectionClosedError) as e:
+        raise StorageError(
+            f"cannot reach the S3 endpoint {url or 'of AWS'} for {uri} "
+            f"({type(e).__name__}); check storage.s3_endpoint / --s3-endpoint"
+        ) from None
     except bex.ClientError as e:
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if status == 404:
             raise StorageError(f"bucket {bucket} does not exist {where} ({uri})") from None
         if status in (401, 403):
             code = _denial_code(client, bucket, key)
-            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-                        "AuthorizationHeaderMalformed"):
+            if code in (
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "InvalidToken",
+                "ExpiredToken",
+                "AuthorizationHeaderMalformed",
+            ):
                 raise StorageError(f"the AWS credentials were refused {where} ({code}) for {uri}") from None
-            raise StorageError(f"access to bucket {bucket} {where} is denied ({code or status}); "
-                               "check the credentials' permissions") from None
+            raise StorageError(
+                f"access to bucket {bucket} {where} is denied ({code or status}); check the credentials' permissions"
+            ) from None
         code = e.response.get("Error", {}).get("Code", "")
         raise StorageError(f"cannot use {uri} {where}: {redact(code)} (HTTP {status})") from None
     except bex.BotoCoreError as e:
@@ -199,8 +229,13 @@ def is_transient(e: BaseException) -> bool:
     if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, StorageError)):
         return False
     if type(e).__module__.startswith("botocore"):
-        if type(e).__name__ in ("EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError",
-                                "ConnectTimeoutError", "ResponseStreamingError"):
+        if type(e).__name__ in (
+            "EndpointConnectionError",
+            "ConnectionClosedError",
+            "ReadTimeoutError",
+            "ConnectTimeoutError",
+            "ResponseStreamingError",
+        ):
             return True
         response = getattr(e, "response", None) or {}
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
@@ -208,8 +243,14 @@ def is_transient(e: BaseException) -> bool:
     return isinstance(e, OSError) and any(t in str(e) for t in TRANSIENT)
 
 
-def retry(fn: Callable[[], T], what: str, *, attempts: int = OP_ATTEMPTS, delay: float = 1.0,
-          sleep: Callable[[float], None] = time.sleep) -> T:
+def retry(
+    fn: Callable[[], T],
+    what: str,
+    *,
+    attempts: int = OP_ATTEMPTS,
+    delay: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """Call `fn`; while it fails with a transient storage error, again after ~1, 2, 4 ... s (jittered)."""
     for i in range(attempts):
         try:
@@ -218,8 +259,14 @@ def retry(fn: Callable[[], T], what: str, *, attempts: int = OP_ATTEMPTS, delay:
             if i == attempts - 1 or not is_transient(e):
                 raise
             wait = min(20.0, delay * 2**i) * (0.5 + random.random() / 2)
-            log.warning("%s failed (%s); retry %d of %d in %.1f s", what, redact(str(e).splitlines()[0][:200]),
-                        i + 1, attempts - 1, wait)
+            log.warning(
+                "%s failed (%s); retry %d of %d in %.1f s",
+                what,
+                redact(str(e).splitlines()[0][:200]),
+                i + 1,
+                attempts - 1,
+                wait,
+            )
             sleep(wait)
     raise AssertionError("unreachable")
 

@@ -43,14 +43,25 @@ METRIC = "val_acc"  # what "best" means for checkpoints, ASHA and the results ta
 def load_data(cfg: Config) -> Splits:
     """Read, validate and split the configured dataset (raises DataError with one clear line)."""
     d = cfg.data
-    return load_splits(d.path, num_classes=d.num_classes, val_fraction=d.val_fraction, limit_train=d.limit_train,
-                       limit_test=d.limit_test, seed=d.seed, endpoint=cfg.storage.s3_endpoint)
+    return load_splits(
+        d.path,
+        num_classes=d.num_classes,
+        val_fraction=d.val_fraction,
+        limit_train=d.limit_train,
+        limit_test=d.limit_test,
+        seed=d.seed,
+        endpoint=cfg.storage.s3_endpoint,
+    )
 
 
 def data_info(splits: Splits) -> dict[str, Any]:
     """What a checkpoint needs to know about the data to rebuild and feed its model."""
-    return {"num_classes": splits.num_classes, "image_shape": list(splits.image_shape),
-            "mean": splits.mean, "std": splits.std}
+    return {
+        "num_classes": splits.num_classes,
+        "image_shape": list(splits.image_shape),
+        "mean": splits.mean,
+        "std": splits.std,
+    }
 
 
 def quiet_report_log() -> None:
@@ -80,10 +91,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)  # DDP when world > 1
 
     tr = cfg.train
-    train_loader = BatchLoader(*to_tensors(splits.train, device), tr.batch_size, mean=splits.mean, std=splits.std,
-                               shuffle=True, shift=cfg.data.shift, seed=tr.seed, rank=rank, world_size=world)
-    val_loader = BatchLoader(*to_tensors(splits.val, device), tr.eval_batch_size, mean=splits.mean, std=splits.std,
-                             rank=rank, world_size=world)
+    train_loader = BatchLoader(
+        *to_tensors(splits.train, device),
+        tr.batch_size,
+        mean=splits.mean,
+        std=splits.std,
+        shuffle=True,
+        shift=cfg.data.shift,
+        seed=tr.seed,
+        rank=rank,
+        world_size=world,
+    )
+    val_loader = BatchLoader(
+        *to_tensors(splits.val, device),
+        tr.eval_batch_size,
+        mean=splits.mean,
+        std=splits.std,
+        rank=rank,
+        world_size=world,
+    )
     optimizer = build_optimizer(cfg.optim, model.parameters())
     scheduler = build_scheduler(cfg.optim, optimizer, tr.epochs * len(train_loader))
     loss_fn = build_loss(cfg.loss)
@@ -103,8 +129,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         train_loader.set_epoch(epoch)
         torch.manual_seed(tr.seed * 1_000_003 + epoch * 1009 + rank)  # dropout draws, reproducible on resume
         t0 = time.perf_counter()
-        loss_sum, seen = train_epoch(model, train_loader, optimizer, scheduler, loss_fn, device=device,
-                                     grad_clip=cfg.optim.grad_clip)
+        loss_sum, seen = train_epoch(
+            model, train_loader, optimizer, scheduler, loss_fn, device=device, grad_clip=cfg.optim.grad_clip
+        )
         synchronize(device)  # on GPU the epoch's last kernels may still be queued
         train_s = time.perf_counter() - t0
         stats = torch.stack([loss_sum, torch.tensor(float(seen), device=device)])
@@ -124,14 +151,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                save_checkpoint(tmp, {
-                    "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "config": cfg.to_dict(),
-                    "metrics": metrics, "data": info,
-                })
+                save_checkpoint(
+                    tmp,
+                    {
+                        "model": model_without_ddp.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "config": cfg.to_dict(),
+                        "metrics": metrics,
+                        "data": info,
+                    },
+                )
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
-                             checkpoint_upload_fn=upload_to_run)
+            ray.train.report(
+                metrics,
+                checkpoint=checkpoint,
+                checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
+                checkpoint_upload_fn=upload_to_run,
+            )
 
 
 def upload_to_run(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
@@ -167,8 +205,11 @@ class EpochRecorder(ray.train.UserCallback):
         try:
             records.write_record(self.table_uri, self.trial_id, m["epoch"], self.config, m, endpoint=self.endpoint)
         except StorageError as e:
-            print(f"warning: epoch {m['epoch']} of {self.trial_id} is missing from {self.table_uri}: {e}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: epoch {m['epoch']} of {self.trial_id} is missing from {self.table_uri}: {e}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 class EpochPrinter(ray.train.UserCallback):
@@ -179,13 +220,20 @@ class EpochPrinter(ray.train.UserCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         m = metrics[0]
-        print(f"epoch {m['epoch']}/{self.epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
-              f"val_acc {m['val_acc']:.2%}  val_f1 {m['val_f1']:.4f}  {m['epoch_s']:.1f}s  "
-              f"{m['train_img_s']:,.0f} img/s", flush=True)
+        print(
+            f"epoch {m['epoch']}/{self.epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+            f"val_acc {m['val_acc']:.2%}  val_f1 {m['val_f1']:.4f}  {m['epoch_s']:.1f}s  "
+            f"{m['train_img_s']:,.0f} img/s",
+            flush=True,
+        )
 
 
-def make_trainer(cfg: Config, data: Any, callbacks: list[ray.train.UserCallback] | None = None,
-                 loop: Callable[[dict[str, Any]], None] = train_loop_per_worker) -> ray.train.torch.TorchTrainer:
+def make_trainer(
+    cfg: Config,
+    data: Any,
+    callbacks: list[ray.train.UserCallback] | None = None,
+    loop: Callable[[dict[str, Any]], None] = train_loop_per_worker,
+) -> ray.train.torch.TorchTrainer:
     """A TorchTrainer for one config; `data` is the Splits or an ObjectRef to them."""
     fs, path = storage.resolve(cfg.storage.path, cfg.storage.s3_endpoint)
     sc = cfg.scaling
@@ -195,14 +243,19 @@ def make_trainer(cfg: Config, data: Any, callbacks: list[ray.train.UserCallback]
     return ray.train.torch.TorchTrainer(
         loop,
         train_loop_config={"config": cfg.to_dict(), "data": data},
-        scaling_config=ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources
+        ),
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=cfg.storage.name, storage_path=path, storage_filesystem=fs,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep,
-                                                         checkpoint_score_attribute=METRIC,
-                                                         checkpoint_score_order="max"),
+            name=cfg.storage.name,
+            storage_path=path,
+            storage_filesystem=fs,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.checkpoints_to_keep,
+                checkpoint_score_attribute=METRIC,
+                checkpoint_score_order="max",
+            ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=callbacks or [],
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our epoch lines, not Ray's per-report INFO
@@ -215,12 +268,14 @@ def check_resume(cfg: Config) -> None:
     and its schedule was planned for other epochs); raises ConfigError naming the differences."""
     fs, run_dir = storage.resolve(storage.join(cfg.storage.path, cfg.storage.name), cfg.storage.s3_endpoint)
     try:
-        infos = storage.retry(lambda: fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True)),
-                              f"listing {run_dir}")
+        infos = storage.retry(
+            lambda: fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True)), f"listing {run_dir}"
+        )
     except OSError as e:
         raise StorageError(f"cannot list {run_dir}: {storage.redact(str(e))}") from None
-    epochs = sorted(i.base_name for i in infos
-                    if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_"))
+    epochs = sorted(
+        i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_")
+    )
     # The latest complete checkpoint: one without its manifest was cut off mid-upload and does not count.
     done = [e for e in epochs if fs.get_file_info(f"{run_dir}/{e}/{MANIFEST}").type == pafs.FileType.File]
     if not done:
@@ -269,7 +324,8 @@ def fit(cfg: Config, *, splits: Splits | None = None, verbose: bool = True) -> T
     init_ray()  # only now: bad input has failed above without cluster time
     run_path = storage.join(cfg.storage.path, cfg.storage.name)
     callbacks: list[ray.train.UserCallback] = [
-        EpochRecorder(storage.join(run_path, "metrics"), cfg.storage.name, cfg.to_dict(), endpoint)]
+        EpochRecorder(storage.join(run_path, "metrics"), cfg.storage.name, cfg.to_dict(), endpoint)
+    ]
     if verbose:
         callbacks.append(EpochPrinter(cfg.train.epochs))
     trainer = make_trainer(cfg, ray.put(splits), callbacks=callbacks)
@@ -277,9 +333,15 @@ def fit(cfg: Config, *, splits: Splits | None = None, verbose: bool = True) -> T
     ckpt, best = best_checkpoint(result)
     uri = storage.to_uri(cfg.storage.path, ckpt.path)
     test = evaluate_checkpoint(uri, splits.test, endpoint=endpoint)
-    summary = {"run": run_path, "best_checkpoint": uri, "best_epoch": best["epoch"], "best_val": best,
-               "test": headline(test),
-               "epochs_run": result.metrics["epoch"], "config": cfg.to_dict()}
+    summary = {
+        "run": run_path,
+        "best_checkpoint": uri,
+        "best_epoch": best["epoch"],
+        "best_val": best,
+        "test": headline(test),
+        "epochs_run": result.metrics["epoch"],
+        "config": cfg.to_dict(),
+    }
     storage.write_bytes(storage.join(run_path, "summary.json"), json.dumps(summary, indent=2).encode(), endpoint)
     return TrainOutcome(run_path, uri, best, test, result.metrics["epoch"])
 

@@ -64,9 +64,11 @@ def trial(overrides: dict[str, Any], shared: dict[str, Any]) -> None:
     """One Tune trial (on the head node): a TorchTrainer run of the base config with this trial's overrides."""
     trial_id = tune.get_context().get_trial_id()
     cfg = Config.from_dict(shared["base"]).override(
-        {**overrides, "storage.path": storage.join(shared["experiment"], "trials"), "storage.name": trial_id})
-    table = EpochRecorder(storage.join(shared["experiment"], "metrics"), trial_id, cfg.to_dict(),
-                          cfg.storage.s3_endpoint)
+        {**overrides, "storage.path": storage.join(shared["experiment"], "trials"), "storage.name": trial_id}
+    )
+    table = EpochRecorder(
+        storage.join(shared["experiment"], "metrics"), trial_id, cfg.to_dict(), cfg.storage.s3_endpoint
+    )
     make_trainer(cfg, shared["data"], callbacks=[TuneReportCallback(), table]).fit()
 
 
@@ -89,25 +91,37 @@ def _searcher(cfg: Config, trials: list[dict[str, Any]], max_concurrent: int) ->
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    return tune.search.ConcurrencyLimiter(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed)),
-                                          max_concurrent=max_concurrent)
+    return tune.search.ConcurrencyLimiter(
+        OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed)), max_concurrent=max_concurrent
+    )
 
 
-def scheduler(cfg: Config, num_trials: int = 0, experiment: str = "", search: Any = None,
-              max_concurrent: int = 0) -> Any:
+def scheduler(
+    cfg: Config, num_trials: int = 0, experiment: str = "", search: Any = None, max_concurrent: int = 0
+) -> Any:
     """The trial scheduler on `epoch` (metric and mode come from TuneConfig): ASHA, FIFO, or
     synchronous successive halving over `num_trials`, which reads `experiment`'s metrics table on a
     resume and keeps `max_concurrent` trials running through `search` while others wait paused."""
     if cfg.tune.scheduler == "fifo":
         return tune.schedulers.FIFOScheduler()
     if cfg.tune.scheduler == "sha":
-        return SyncHalvingScheduler(num_trials or cfg.tune.num_samples, cfg.train.epochs, cfg.tune.grace_period,
-                                    cfg.tune.reduction_factor, time_attr="epoch", search=search,
-                                    max_concurrent=max_concurrent,
-                                    metrics_uri=storage.join(experiment, "metrics") if experiment else "",
-                                    endpoint=cfg.storage.s3_endpoint)
-    return tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs, grace_period=cfg.tune.grace_period,
-                                         reduction_factor=cfg.tune.reduction_factor)
+        return SyncHalvingScheduler(
+            num_trials or cfg.tune.num_samples,
+            cfg.train.epochs,
+            cfg.tune.grace_period,
+            cfg.tune.reduction_factor,
+            time_attr="epoch",
+            search=search,
+            max_concurrent=max_concurrent,
+            metrics_uri=storage.join(experiment, "metrics") if experiment else "",
+            endpoint=cfg.storage.s3_endpoint,
+        )
+    return tune.schedulers.ASHAScheduler(
+        time_attr="epoch",
+        max_t=cfg.train.epochs,
+        grace_period=cfg.tune.grace_period,
+        reduction_factor=cfg.tune.reduction_factor,
+    )
 
 
 def _read_experiment_config(uri: str, endpoint: str) -> Config | None:
@@ -145,20 +159,35 @@ def results_table(grid: tune.ResultGrid, cfg: Config, dists: dict[str, space.Dis
     for r in grid:
         df = r.metrics_dataframe
         if df is None or METRIC not in df:
-            rows.append({"trial_id": str(r.metrics.get("trial_id", "")), "status": "error",
-                         "best_val_acc": float("nan"), "best_epoch": 0, "epochs_run": 0, "time_s": 0.0,
-                         "checkpoint": "", **{k: r.config.get(k) for k in dists}})
+            rows.append(
+                {
+                    "trial_id": str(r.metrics.get("trial_id", "")),
+                    "status": "error",
+                    "best_val_acc": float("nan"),
+                    "best_epoch": 0,
+                    "epochs_run": 0,
+                    "time_s": 0.0,
+                    "checkpoint": "",
+                    **{k: r.config.get(k) for k in dists},
+                }
+            )
             continue
         best = df.loc[df[METRIC].idxmax()]
         epochs = int(df["epoch"].max())
         status = "error" if r.error else ("completed" if epochs >= cfg.train.epochs else "stopped early")
-        rows.append({
-            "trial_id": str(df["trial_id"].iloc[-1]), "status": status, "best_val_acc": float(best[METRIC]),
-            "best_val_f1": float(best["val_f1"]), "best_epoch": int(best["epoch"]), "epochs_run": epochs,
-            "time_s": float(df["time_total_s"].max()),
-            "checkpoint": storage.to_uri(cfg.storage.path, str(best.get(CHECKPOINT_PATH_KEY, ""))),
-            **{k: r.config.get(k) for k in dists},
-        })
+        rows.append(
+            {
+                "trial_id": str(df["trial_id"].iloc[-1]),
+                "status": status,
+                "best_val_acc": float(best[METRIC]),
+                "best_val_f1": float(best["val_f1"]),
+                "best_epoch": int(best["epoch"]),
+                "epochs_run": epochs,
+                "time_s": float(df["time_total_s"].max()),
+                "checkpoint": storage.to_uri(cfg.storage.path, str(best.get(CHECKPOINT_PATH_KEY, ""))),
+                **{k: r.config.get(k) for k in dists},
+            }
+        )
     rows.sort(key=lambda row: -row["best_val_acc"] if row["best_val_acc"] == row["best_val_acc"] else 1.0)
     return pa.Table.from_pylist(rows)
 
@@ -210,11 +239,17 @@ def run(cfg: Config, *, resume: bool = False, splits: Splits | None = None) -> T
             trainable,
             param_space={k: _domain(d) for k, d in dists.items()},
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode="max", scheduler=scheduler(cfg, num_trials, exp_uri, search, concurrent),
-                search_alg=search, num_samples=num_trials),
-            run_config=tune.RunConfig(name=cfg.storage.name,
-                                      storage_path=storage.resolve(cfg.storage.path, endpoint)[1],
-                                      storage_filesystem=fs),
+                metric=METRIC,
+                mode="max",
+                scheduler=scheduler(cfg, num_trials, exp_uri, search, concurrent),
+                search_alg=search,
+                num_samples=num_trials,
+            ),
+            run_config=tune.RunConfig(
+                name=cfg.storage.name,
+                storage_path=storage.resolve(cfg.storage.path, endpoint)[1],
+                storage_filesystem=fs,
+            ),
         )
     grid = tuner.fit()
 
@@ -234,11 +269,16 @@ def run(cfg: Config, *, resume: bool = False, splits: Splits | None = None) -> T
     recipe_uri = storage.join(exp_uri, RECIPE)
     storage.write_bytes(recipe_uri, recipe.to_yaml().encode(), endpoint)
     test = evaluate_checkpoint(best["checkpoint"], splits.test, endpoint=endpoint)
-    summary = {"experiment": exp_uri, "trials": table.num_rows,
-               "stopped_early": sum(s == "stopped early" for s in table["status"].to_pylist()),
-               "best_trial": best["trial_id"], "best_val_acc": best["best_val_acc"], "best_recipe": recipe_uri,
-               "best_checkpoint": best["checkpoint"],
-               "test": headline(test)}
+    summary = {
+        "experiment": exp_uri,
+        "trials": table.num_rows,
+        "stopped_early": sum(s == "stopped early" for s in table["status"].to_pylist()),
+        "best_trial": best["trial_id"],
+        "best_val_acc": best["best_val_acc"],
+        "best_recipe": recipe_uri,
+        "best_checkpoint": best["checkpoint"],
+        "test": headline(test),
+    }
     storage.write_bytes(storage.join(exp_uri, "summary.json"), json.dumps(summary, indent=2).encode(), endpoint)
     return TuneOutcome(exp_uri, table, recipe_uri, best["checkpoint"], test, resumed)
 
@@ -248,12 +288,18 @@ def latest_experiment(storage_uri: str, endpoint: str = "") -> str:
     storage.check(storage_uri, endpoint)
     fs, root = storage.resolve(storage_uri, endpoint)
     try:
-        dirs = [i.base_name for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-                if i.type == pafs.FileType.Directory]
+        dirs = [
+            i.base_name
+            for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+            if i.type == pafs.FileType.Directory
+        ]
     except OSError as e:
         raise ConfigError(f"cannot list experiments under {storage_uri}: {storage.redact(str(e))}") from None
-    started = [(info.mtime, name) for name in dirs
-               if (info := fs.get_file_info(f"{root}/{name}/{EXPERIMENT_CONFIG}")).type == pafs.FileType.File]
+    started = [
+        (info.mtime, name)
+        for name in dirs
+        if (info := fs.get_file_info(f"{root}/{name}/{EXPERIMENT_CONFIG}")).type == pafs.FileType.File
+    ]
     if not started:
         raise ConfigError(f"no experiment to resume under {storage_uri}")
     return max(started)[1]

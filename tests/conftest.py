@@ -52,8 +52,14 @@ def ray_cluster():
     ray.shutdown()
 
 
-def run_job(script: str, *args: str, ray_address: str | None = None, timeout: float = 600,
-            cwd: Path | None = None, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+def run_job(
+    script: str,
+    *args: str,
+    ray_address: str | None = None,
+    timeout: float = 600,
+    cwd: Path | None = None,
+    env: dict[str, str | None] | None = None,
+) -> subprocess.CompletedProcess:
     """Run a jobs/ script the way a user does; joins the test cluster when given its address.
     `env` adds variables to the job's environment (None removes one)."""
     overrides = env or {}
@@ -62,5 +68,11 @@ def run_job(script: str, *args: str, ray_address: str | None = None, timeout: fl
     env.pop("RAY_ADDRESS", None)
     if ray_address:
         env["RAY_ADDRESS"] = ray_address
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=cwd or ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=cwd or ROOT,
+    )

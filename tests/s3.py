@@ -31,9 +31,18 @@ AWS_ENV = {
     "AWS_CONFIG_FILE": os.devnull,  # the developer's ~/.aws stays out of the tests
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
 }
-AWS_UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-             "AWS_DEFAULT_REGION", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+AWS_UNSET = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_DEFAULT_REGION",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
 NO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}  # run_job(env=...) form
 _used_ports: set[int] = set()
 
@@ -70,11 +79,22 @@ class SeaweedFS:
     def __init__(self, root: Path) -> None:
         self.root = root
         (root / "data").mkdir(parents=True, exist_ok=True)
-        (self.master, self.master_grpc, self.volume, self.volume_grpc, self.filer, self.filer_grpc, self.s3,
-         self.s3_grpc) = free_ports(8)
+        (
+            self.master,
+            self.master_grpc,
+            self.volume,
+            self.volume_grpc,
+            self.filer,
+            self.filer_grpc,
+            self.s3,
+            self.s3_grpc,
+        ) = free_ports(8)
         key = {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}  # without one, pyarrow's multipart uploads fail
-        ids = {"identities": [{"name": "lstmclf-test", "credentials": [key],
-                               "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        ids = {
+            "identities": [
+                {"name": "lstmclf-test", "credentials": [key], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+            ]
+        }
         (root / "identities.json").write_text(json.dumps(ids))
         self.proc: subprocess.Popen | None = None
 
@@ -84,14 +104,32 @@ class SeaweedFS:
 
     def start(self, timeout: float = 60) -> None:
         d = self.root
-        cmd = [weed_binary(), "server", f"-dir={d / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-               f"-master.port={self.master}", f"-master.port.grpc={self.master_grpc}", "-master.volumeSizeLimitMB=64",
-               "-master.electionTimeout=1s",  # a restart elects its lone master in ~1 s, not 10
-               f"-volume.port={self.volume}", f"-volume.port.grpc={self.volume_grpc}", "-volume.max=0",
-               "-volume.preStopSeconds=0", "-filer", f"-filer.port={self.filer}", f"-filer.port.grpc={self.filer_grpc}",
-               f"-filer.localSocket={d / 'filer.sock'}", "-s3", f"-s3.port={self.s3}", f"-s3.port.grpc={self.s3_grpc}",
-               f"-s3.localSocket={d / 's3.sock'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-               f"-s3.config={d / 'identities.json'}"]
+        cmd = [
+            weed_binary(),
+            "server",
+            f"-dir={d / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={self.master}",
+            f"-master.port.grpc={self.master_grpc}",
+            "-master.volumeSizeLimitMB=64",
+            "-master.electionTimeout=1s",  # a restart elects its lone master in ~1 s, not 10
+            f"-volume.port={self.volume}",
+            f"-volume.port.grpc={self.volume_grpc}",
+            "-volume.max=0",
+            "-volume.preStopSeconds=0",
+            "-filer",
+            f"-filer.port={self.filer}",
+            f"-filer.port.grpc={self.filer_grpc}",
+            f"-filer.localSocket={d / 'filer.sock'}",
+            "-s3",
+            f"-s3.port={self.s3}",
+            f"-s3.port.grpc={self.s3_grpc}",
+            f"-s3.localSocket={d / 's3.sock'}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.config={d / 'identities.json'}",
+        ]
         with open(d / "weed.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         client = self.client(attempts=1)
@@ -112,18 +150,31 @@ class SeaweedFS:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
         self.proc = None
-        for kind, port in (("master", self.master_grpc), ("volume", self.volume_grpc), ("filer", self.filer_grpc),
-                           ("s3", self.s3_grpc)):
+        for kind, port in (
+            ("master", self.master_grpc),
+            ("volume", self.volume_grpc),
+            ("filer", self.filer_grpc),
+            ("s3", self.s3_grpc),
+        ):
             Path(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock").unlink(missing_ok=True)  # weed puts these there
 
     def client(self, attempts: int = 3):
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
-                            aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
-                            config=Config(retries={"mode": "standard", "max_attempts": attempts}, connect_timeout=2,
-                                          read_timeout=20, s3={"addressing_style": "path"}))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+            config=Config(
+                retries={"mode": "standard", "max_attempts": attempts},
+                connect_timeout=2,
+                read_timeout=20,
+                s3={"addressing_style": "path"},
+            ),
+        )
 
     def create_bucket(self, name: str, timeout: float = 30) -> None:
         client = self.client(attempts=1)

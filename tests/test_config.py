@@ -84,4 +84,9 @@ def test_frozen_and_dotted_keys():
 
 def test_parse_overrides_yaml_scalars():
     assert parse_overrides(["a.b=3", "a.c=0.5", "a.d=adam", "a.e=true", "a.f="]) == {
-        "a.b": 3, "a.c": 0.5, "a.d": "adam", "a.e": True, "a.f": ""}
+        "a.b": 3,
+        "a.c": 0.5,
+        "a.d": "adam",
+        "a.e": True,
+        "a.f": "",
+    }

@@ -141,20 +141,27 @@ def test_missing_files_and_dirs(tmp_path):
 
 
 def test_the_test_split_alone_reads_only_the_test_files(tmp_path):
-    assert all(np.array_equal(getattr(load_test(num_classes=10), k), getattr(load_splits().test, k))
-               for k in ("images", "labels"))
+    assert all(
+        np.array_equal(getattr(load_test(num_classes=10), k), getattr(load_splits().test, k))
+        for k in ("images", "labels")
+    )
     arrays = write_dataset(tmp_path / "d", train_images=b"not read")  # only the full reader trips on it
     with pytest.raises(DataError, match="bad IDX magic number"):
         load_splits(str(tmp_path / "d"))
     test = load_test(str(tmp_path / "d"), num_classes=4)
     assert np.array_equal(test.images, arrays["test_images"]) and np.array_equal(test.labels, arrays["test_labels"])
-    with pytest.raises(DataError, match=rf"^dataset {tmp_path}/d test labels: label 3 at index 3 is out of range "
-                                        r"\[0, 3\) \(5 such labels\)$"):
+    with pytest.raises(
+        DataError,
+        match=rf"^dataset {tmp_path}/d test labels: label 3 at index 3 is out of range "
+        r"\[0, 3\) \(5 such labels\)$",
+    ):
         load_test(str(tmp_path / "d"), num_classes=3)  # the checkpoint's classes, not inferred
 
-    for case, message in [({"test_labels": encode_idx(np.zeros(19, np.uint8))}, "20 test images but 19 test labels"),
-                          ({"test_images": header([0, 28, 28])}, "holds no items"),
-                          ({"hw": (28, 6)}, r"images of \(28, 6\) are smaller than 8x8")]:
+    for case, message in [
+        ({"test_labels": encode_idx(np.zeros(19, np.uint8))}, "20 test images but 19 test labels"),
+        ({"test_images": header([0, 28, 28])}, "holds no items"),
+        ({"hw": (28, 6)}, r"images of \(28, 6\) are smaller than 8x8"),
+    ]:
         write_dataset(tmp_path / "broken", **case)
         for read in (lambda d: load_splits(d), lambda d: load_test(d, num_classes=4)):  # the same checks, same words
             with pytest.raises(DataError, match=message):
@@ -171,8 +178,11 @@ def test_the_test_split_alone_is_verified_by_the_manifest(tmp_path):
     name = NAMES["test_images"]
     (tmp_path / "pub" / name).write_bytes(encode_idx(np.ones((20, 28, 28), np.uint8)))  # valid IDX, other data
     for read in (lambda: load_splits(str(tmp_path / "pub")), lambda: load_test(str(tmp_path / "pub"), num_classes=4)):
-        with pytest.raises(DataError, match=rf"^dataset {tmp_path}/pub: {re.escape(name)} does not match the sha256 in "
-                                            r"its manifest.json \(corrupt or replaced\)$"):
+        with pytest.raises(
+            DataError,
+            match=rf"^dataset {tmp_path}/pub: {re.escape(name)} does not match the sha256 in "
+            r"its manifest.json \(corrupt or replaced\)$",
+        ):
             read()
 
 
@@ -190,18 +200,23 @@ def test_force_replaces_a_dataset_without_leaving_its_old_files(tmp_path):
     manifest, uploaded = prepare_dataset(str(tmp_path / "raw"), str(dest), force=True)
     assert uploaded and manifest["num_classes"] == 5
     assert sorted(p.name for p in dest.iterdir()) == sorted(
-        ["manifest.json", "notes.txt", *(n.removesuffix(".gz") for n in NAMES.values())])
+        ["manifest.json", "notes.txt", *(n.removesuffix(".gz") for n in NAMES.values())]
+    )
     s = load_splits(str(dest))  # one file per role again, each matching the manifest
     assert s.num_classes == 5 and len(s.train) + len(s.val) == 60 and np.array_equal(s.test.labels, raw["test_labels"])
 
     stray = tmp_path / "stray"  # IDX files but no manifest: not ours to delete unless forced
     write_dataset(stray)
-    with pytest.raises(DataError, match=rf"^{stray} already holds IDX files \(.*t10k-images-idx3-ubyte.gz.*\) without "
-                                        r"a manifest.json; choose another destination or --force$"):
+    with pytest.raises(
+        DataError,
+        match=rf"^{stray} already holds IDX files \(.*t10k-images-idx3-ubyte.gz.*\) without "
+        r"a manifest.json; choose another destination or --force$",
+    ):
         prepare_dataset(str(tmp_path / "raw"), str(stray))
     assert prepare_dataset(str(tmp_path / "raw"), str(stray), force=True)[1]
-    assert sorted(p.name for p in stray.iterdir()) == sorted(["manifest.json", *(n.removesuffix(".gz")
-                                                                                 for n in NAMES.values())])
+    assert sorted(p.name for p in stray.iterdir()) == sorted(
+        ["manifest.json", *(n.removesuffix(".gz") for n in NAMES.values())]
+    )
 
 
 def loader_batches(n, world, batch, shuffle):
@@ -209,8 +224,9 @@ def loader_batches(n, world, batch, shuffle):
     labels = torch.arange(n)
     out = []
     for rank in range(world):
-        loader = BatchLoader(images, labels, batch, mean=0.0, std=1 / 255, shuffle=shuffle, seed=3, rank=rank,
-                             world_size=world)
+        loader = BatchLoader(
+            images, labels, batch, mean=0.0, std=1 / 255, shuffle=shuffle, seed=3, rank=rank, world_size=world
+        )
         loader.set_epoch(1)
         out.append([y for _, y in loader])
         assert len(out[-1]) == len(loader)

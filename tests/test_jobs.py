@@ -38,8 +38,16 @@ def test_train_job_rejects_bad_input_before_ray_starts(tmp_path, args, message):
 def write_checkpoint(d):
     cfg = Config().override({"model.width": 4, "model.hidden": 8})
     model = build_model(cfg.model, 10, (1, 28, 28))
-    save_checkpoint(d, {"model": model.state_dict(), "epoch": 0, "config": cfg.to_dict(), "metrics": {},
-                        "data": {"num_classes": 10, "image_shape": [1, 28, 28], "mean": 0.13, "std": 0.31}})
+    save_checkpoint(
+        d,
+        {
+            "model": model.state_dict(),
+            "epoch": 0,
+            "config": cfg.to_dict(),
+            "metrics": {},
+            "data": {"num_classes": 10, "image_shape": [1, 28, 28], "mean": 0.13, "std": 0.31},
+        },
+    )
     return model
 
 
@@ -54,8 +62,10 @@ def test_evaluate_refuses_a_tampered_or_missing_checkpoint(tmp_path):
     (tmp_path / "bad" / "checkpoint.pt").write_bytes(bytes(raw))
     res = run_job("evaluate.py", str(tmp_path / "bad"), "--out", str(tmp_path / "eval-bad"), timeout=120)
     assert res.returncode == 2, res.stderr
-    assert res.stderr == f"error: checkpoint {tmp_path}/bad/checkpoint.pt does not match the sha256 in its " \
+    assert (
+        res.stderr == f"error: checkpoint {tmp_path}/bad/checkpoint.pt does not match the sha256 in its "
         "manifest.json (tampered or corrupt)\n"
+    )
     assert not (tmp_path / "eval-bad").exists()
 
     write_checkpoint(tmp_path / "evil")
@@ -83,6 +93,7 @@ def test_evaluate_reads_only_the_test_files_with_the_checkpoints_classes(tmp_pat
     labels[[3, 7]] = 12  # beyond the checkpoint's 10 classes
     (d / "t10k-labels-idx1-ubyte").write_bytes(encode_idx(labels))
     res = run_job("evaluate.py", str(tmp_path / "ckpt"), "--data", str(d), "--out", str(tmp_path / "bad"), timeout=120)
-    assert res.returncode == 2 and res.stderr == (f"error: dataset {d} test labels: label 12 at index 3 is out of "
-                                                  "range [0, 10) (2 such labels)\n")
+    assert res.returncode == 2 and res.stderr == (
+        f"error: dataset {d} test labels: label 12 at index 3 is out of range [0, 10) (2 such labels)\n"
+    )
     assert not (tmp_path / "bad").exists()

@@ -23,8 +23,13 @@ SHAPES = [((1, 28, 28), 10), ((1, 20, 32), 5)]
 TINY = {"width": 4, "hidden": 8}  # keeps the whole file fast on 2 CPU cores
 
 
-def check_trains(model: nn.Module, in_shape: tuple[int, int, int], num_classes: int, batch: int = 3,
-                 may_be_zero: tuple[str, ...] = ()) -> None:
+def check_trains(
+    model: nn.Module,
+    in_shape: tuple[int, int, int],
+    num_classes: int,
+    batch: int = 3,
+    may_be_zero: tuple[str, ...] = (),
+) -> None:
     """Logits have shape (B, num_classes) and are finite; every parameter gets a finite, nonzero gradient.
 
     Parameters whose name holds one of `may_be_zero` need only a finite gradient.
@@ -60,12 +65,17 @@ LSTM_VARIANTS = list(itertools.product(AXES, POOLS, (True, False), (1, 3)))
 
 
 @pytest.mark.parametrize(("in_shape", "num_classes"), SHAPES, ids=["28x28", "20x32"])
-@pytest.mark.parametrize(("axis", "pool", "bidirectional", "layers"), LSTM_VARIANTS,
-                         ids=[f"{a}-{p}-{'bi' if b else 'uni'}-L{n}" for a, p, b, n in LSTM_VARIANTS])
-def test_lstm_head_variants(axis: str, pool: str, bidirectional: bool, layers: int,
-                            in_shape: tuple[int, int, int], num_classes: int) -> None:
-    cfg = ModelConfig(backbone="small", head="lstm", axis=axis, pool=pool, bidirectional=bidirectional,
-                      lstm_layers=layers, **TINY)
+@pytest.mark.parametrize(
+    ("axis", "pool", "bidirectional", "layers"),
+    LSTM_VARIANTS,
+    ids=[f"{a}-{p}-{'bi' if b else 'uni'}-L{n}" for a, p, b, n in LSTM_VARIANTS],
+)
+def test_lstm_head_variants(
+    axis: str, pool: str, bidirectional: bool, layers: int, in_shape: tuple[int, int, int], num_classes: int
+) -> None:
+    cfg = ModelConfig(
+        backbone="small", head="lstm", axis=axis, pool=pool, bidirectional=bidirectional, lstm_layers=layers, **TINY
+    )
     check_trains(build_model(cfg, num_classes, in_shape), in_shape, num_classes)
 
 
@@ -79,8 +89,10 @@ def test_small_and_odd_images(backbone: str, in_shape: tuple[int, int, int]) -> 
 
 
 def test_feature_shapes_on_mnist() -> None:
-    shapes = {b: build_model(ModelConfig(backbone=b, **TINY), 10, (1, 28, 28)).feat_shape
-              for b in ("small", "vgg", "resnet", "none")}
+    shapes = {
+        b: build_model(ModelConfig(backbone=b, **TINY), 10, (1, 28, 28)).feat_shape
+        for b in ("small", "vgg", "resnet", "none")
+    }
     assert shapes == {"small": (8, 7, 7), "vgg": (32, 7, 7), "resnet": (512, 4, 4), "none": (1, 28, 28)}
 
 
@@ -211,8 +223,18 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
     return files
 
 
-BAD = ["missing", "corrupt", "pickled_object", "not_a_dict", "shape_mismatch", "other_backbone", "missing_keys",
-       "no_backbone_in_checkpoint", "non_tensor_entry", "directory"]
+BAD = [
+    "missing",
+    "corrupt",
+    "pickled_object",
+    "not_a_dict",
+    "shape_mismatch",
+    "other_backbone",
+    "missing_keys",
+    "no_backbone_in_checkpoint",
+    "non_tensor_entry",
+    "directory",
+]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -242,7 +264,9 @@ def test_pretrained_on_identity_backbone_raises(tmp_path: Path) -> None:
 
 
 def test_models_and_data_never_import_ray() -> None:
-    code = ("import sys, lstmclf.models, lstmclf.config, lstmclf.data, lstmclf.evaluate, lstmclf.registry, "
-            "lstmclf.space; lstmclf.config.ModelConfig(); print('ray' in sys.modules)")
+    code = (
+        "import sys, lstmclf.models, lstmclf.config, lstmclf.data, lstmclf.evaluate, lstmclf.registry, "
+        "lstmclf.space; lstmclf.config.ModelConfig(); print('ray' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

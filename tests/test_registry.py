@@ -22,9 +22,16 @@ def make_checkpoint(d: Path, seed: int, val_acc: float) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = Config().override({"model.width": 4, "model.hidden": 8, "model.lstm_layers": 1})
     model = build_model(cfg.model, 10, (1, 28, 28))
-    save_checkpoint(d, {"model": model.state_dict(), "epoch": 2, "config": cfg.to_dict(),
-                        "metrics": {"epoch": 3, "val_acc": val_acc},
-                        "data": {"num_classes": 10, "image_shape": [1, 28, 28], "mean": 0.13, "std": 0.31}})
+    save_checkpoint(
+        d,
+        {
+            "model": model.state_dict(),
+            "epoch": 2,
+            "config": cfg.to_dict(),
+            "metrics": {"epoch": 3, "val_acc": val_acc},
+            "data": {"num_classes": 10, "image_shape": [1, 28, 28], "mean": 0.13, "std": 0.31},
+        },
+    )
     return model.eval()
 
 
@@ -77,8 +84,9 @@ def test_versions_are_immutable_and_numbers_never_shared(where, tmp_path):
     make_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
     registries = [Registry(uri, endpoint) for _ in range(4)]
     got: list[int] = []
-    threads = [threading.Thread(target=lambda r=r: got.append(r.register(str(tmp_path / "ckpt"), "m")))
-               for r in registries]
+    threads = [
+        threading.Thread(target=lambda r=r: got.append(r.register(str(tmp_path / "ckpt"), "m"))) for r in registries
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -130,8 +138,11 @@ def test_a_tampered_file_is_refused(where, tmp_path):
     raw = bytearray(read("m/versions/000001/checkpoint.pt"))
     raw[len(raw) // 2] ^= 0x01  # one bit in the tensor data: still unpickles
     write("m/versions/000001/checkpoint.pt", bytes(raw))
-    with pytest.raises(CheckpointError, match=r"m version 1: checkpoint.pt does not match the sha256 in its "
-                                              r"version.json \(tampered or corrupt\); refusing to load"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"m version 1: checkpoint.pt does not match the sha256 in its "
+        r"version.json \(tampered or corrupt\); refusing to load",
+    ):
         r.load("m", 1)
     write("m/versions/000002/config.yaml", read("m/versions/000002/config.yaml").replace(b"hidden: 8", b"hidden: 9"))
     with pytest.raises(CheckpointError, match=r"config\.yaml does not match the sha256"):
@@ -158,8 +169,11 @@ def test_file_names_outside_the_checkpoint_are_refused(where, tmp_path):
     for name in ("../evil", str(tmp_path / "evil")):
         tampered = {**manifest, "files": {**manifest["files"], name: hashlib.sha256(evil).hexdigest()}}
         (tmp_path / "ckpt" / "manifest.json").write_text(json.dumps(tampered))
-        with pytest.raises(CheckpointError, match=rf"manifest\.json lists '{re.escape(name)}', not a checkpoint file "
-                                                  r"\(checkpoint\.pt, config\.yaml, metrics\.json\); refusing it$"):
+        with pytest.raises(
+            CheckpointError,
+            match=rf"manifest\.json lists '{re.escape(name)}', not a checkpoint file "
+            r"\(checkpoint\.pt, config\.yaml, metrics\.json\); refusing it$",
+        ):
             r.register(str(tmp_path / "ckpt"), "m")
     assert r.versions("m") == [1]
 
@@ -168,8 +182,11 @@ def test_file_names_outside_the_checkpoint_are_refused(where, tmp_path):
     for name in ("../evil", "/tmp/evil"):
         version["files"] = {**version["files"], name: {"sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)}}
         write("m/versions/000001/version.json", json.dumps(version).encode())
-        with pytest.raises(CheckpointError, match=rf"m version 1: version\.json lists '{re.escape(name)}', not a "
-                                                  r"checkpoint file .*; refusing to load$"):
+        with pytest.raises(
+            CheckpointError,
+            match=rf"m version 1: version\.json lists '{re.escape(name)}', not a "
+            r"checkpoint file .*; refusing to load$",
+        ):
             r.load("m", 1)
         del version["files"][name]
     write("m/versions/000001/version.json", json.dumps(version).encode())

@@ -36,8 +36,11 @@ def s3_data(s3):
 
 
 def s3_config(s3, data, name, **extra):
-    return Config().override(TINY | {"data.path": data, "storage.path": s3.uri("runs"), "storage.name": name,
-                                     "storage.s3_endpoint": s3.endpoint} | extra)
+    return Config().override(
+        TINY
+        | {"data.path": data, "storage.path": s3.uri("runs"), "storage.name": name, "storage.s3_endpoint": s3.endpoint}
+        | extra
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +84,28 @@ def test_a_run_resumes_from_the_bucket(ray_cluster, s3, s3_data):
     run = f"{cfg.storage.path}/resume"
     recorder = lstm_train.EpochRecorder(f"{run}/metrics", "resume", cfg.to_dict(), s3.endpoint)
     with pytest.raises(ray.train.TrainingFailedError, match="injected failure after epoch 1"):
-        lstm_train.make_trainer(cfg, lstm_train.load_data(cfg), callbacks=[recorder],
-                                loop=crash_after_first_report).fit()
+        lstm_train.make_trainer(
+            cfg, lstm_train.load_data(cfg), callbacks=[recorder], loop=crash_after_first_report
+        ).fit()
     keys = s3.keys(run)
     assert {f"epoch_0001/{f}" for f in CHECKPOINT_FILES} <= set(keys) and not any("epoch_0002" in k for k in keys)
     bucket, prefix = run.removeprefix("s3://").split("/", 1)
     first = s3.client().head_object(Bucket=bucket, Key=f"{prefix}/epoch_0001/checkpoint.pt")
 
     args = [f"--set={k}={v}" for k, v in TINY.items()] + ["--workers", "1", "--set", "train.max_failures=0"]
-    res = run_job("train.py", "--data", s3_data, "--storage", cfg.storage.path, "--name", "resume",
-                  "--s3-endpoint", s3.endpoint, *args, ray_address=ray_cluster)
+    res = run_job(
+        "train.py",
+        "--data",
+        s3_data,
+        "--storage",
+        cfg.storage.path,
+        "--name",
+        "resume",
+        "--s3-endpoint",
+        s3.endpoint,
+        *args,
+        ray_address=ray_cluster,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "epoch 2/2" in res.stdout and "epoch 1/2" not in res.stdout  # epoch 1 came from the bucket
     assert f"best checkpoint: {run}/epoch_000" in res.stdout
@@ -135,15 +150,24 @@ def test_training_rides_through_an_s3_outage(ray_cluster, tmp_path):
     server.start()
     try:
         server.create_bucket("faults")
-        cfg = Config().override(TINY | {"storage.path": "s3://faults/runs", "storage.name": "outage",
-                                        "storage.s3_endpoint": server.endpoint, "train.epochs": 3,
-                                        "train.max_failures": 0, "scaling.num_workers": 1})
+        cfg = Config().override(
+            TINY
+            | {
+                "storage.path": "s3://faults/runs",
+                "storage.name": "outage",
+                "storage.s3_endpoint": server.endpoint,
+                "train.epochs": 3,
+                "train.max_failures": 0,
+                "scaling.num_workers": 1,
+            }
+        )
         run = "s3://faults/runs/outage"
         marks = tmp_path / "marks"
         marks.mkdir()
         recorder = lstm_train.EpochRecorder(f"{run}/metrics", "outage", cfg.to_dict(), server.endpoint)
-        trainer = lstm_train.make_trainer(cfg, lstm_train.load_data(cfg), callbacks=[recorder],
-                                          loop=lambda c: report_and_log(c, str(marks)))
+        trainer = lstm_train.make_trainer(
+            cfg, lstm_train.load_data(cfg), callbacks=[recorder], loop=lambda c: report_and_log(c, str(marks))
+        )
         outcome: dict = {}
 
         def fit():

@@ -25,11 +25,19 @@ def modified(s3, uri: str) -> dict[str, object]:
 
 
 def test_experiment_lives_in_the_bucket_and_resumes_from_it(ray_cluster, s3):
-    cfg = Config().override(TINY | {
-        "storage.path": s3.uri("experiments"), "storage.name": "asha-s3", "storage.s3_endpoint": s3.endpoint,
-        "scaling.num_workers": 1, "tune.num_samples": 2, "tune.max_concurrent": 2, "data.limit_train": 1200,
-        "tune.space": {"optim.lr": {"loguniform": [1e-3, 1e-2]}},
-    })
+    cfg = Config().override(
+        TINY
+        | {
+            "storage.path": s3.uri("experiments"),
+            "storage.name": "asha-s3",
+            "storage.s3_endpoint": s3.endpoint,
+            "scaling.num_workers": 1,
+            "tune.num_samples": 2,
+            "tune.max_concurrent": 2,
+            "data.limit_train": 1200,
+            "tune.space": {"optim.lr": {"loguniform": [1e-3, 1e-2]}},
+        }
+    )
     out = lstm_tune.run(cfg)
     assert out.experiment == f"{cfg.storage.path}/asha-s3" and not out.resumed
     rows = out.table.to_pylist()
@@ -37,8 +45,14 @@ def test_experiment_lives_in_the_bucket_and_resumes_from_it(ray_cluster, s3):
     assert all(r["checkpoint"].startswith(f"{out.experiment}/trials/") for r in rows)
 
     keys = set(s3.keys(out.experiment))
-    assert {"results.csv", "results.parquet", "results.md", "best_recipe.yaml", "summary.json",
-            "lstmclf_experiment.yaml"} <= keys
+    assert {
+        "results.csv",
+        "results.parquet",
+        "results.md",
+        "best_recipe.yaml",
+        "summary.json",
+        "lstmclf_experiment.yaml",
+    } <= keys
     for r in rows:  # every trial's best checkpoint is complete in the bucket
         ckpt = r["checkpoint"].removeprefix(out.experiment + "/")
         assert {f"{ckpt}/{f}" for f in CHECKPOINT_FILES} <= keys

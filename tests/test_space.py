@@ -32,15 +32,21 @@ def test_sampling_is_seeded_and_grid_multiplies():
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ({"model.lstm_layer": {"randint": [1, 3]}}, "tune.space: unknown config key 'model.lstm_layer' (did you "
-                                                     "mean 'model.lstm_layers'?)"),
+        (
+            {"model.lstm_layer": {"randint": [1, 3]}},
+            "tune.space: unknown config key 'model.lstm_layer' (did you mean 'model.lstm_layers'?)",
+        ),
         ({"scaling.num_workers": {"choice": [1, 2]}}, "scaling.num_workers: scaling keys cannot be searched"),
         ({"optim.name": {"choice": []}}, "tune.space optim.name: choice needs a non-empty list"),
-        ({"model.dropout": {"uniform": [0.4, 0.1]}}, "tune.space model.dropout: lower bound 0.4 is not below upper "
-                                                      "bound 0.1"),
+        (
+            {"model.dropout": {"uniform": [0.4, 0.1]}},
+            "tune.space model.dropout: lower bound 0.4 is not below upper bound 0.1",
+        ),
         ({"model.lstm_layers": {"randint": [3, 3]}}, "lower bound 3 is not below upper bound 3"),
-        ({"model.dropout": {"uniform": [0.0, 1.5]}}, "tune.space model.dropout: value 1.5 is invalid (config value "
-                                                      "model.dropout: 1.5 is outside [0, 1))"),
+        (
+            {"model.dropout": {"uniform": [0.0, 1.5]}},
+            "tune.space model.dropout: value 1.5 is invalid (config value model.dropout: 1.5 is outside [0, 1))",
+        ),
         ({"optim.name": {"choice": ["adam", "rmsprop"]}}, "tune.space optim.name: value 'rmsprop' is invalid"),
         ({"model.lstm_layers": {"randint": [1, 12]}}, "tune.space model.lstm_layers: value 11 is invalid"),
         ({"optim.lr": {"loguniform": [0, 0.1]}}, "loguniform needs a positive lower bound"),
@@ -49,8 +55,10 @@ def test_sampling_is_seeded_and_grid_multiplies():
         ({"storage.path": {"choice": ["a", "b"]}}, "tune.space storage.path: storage keys cannot be searched"),
         ({}, "tune.space must be a non-empty mapping"),
         # each value is fine alone, some combinations are not: caught in the sampled trials
-        ({"model.backbone": {"choice": ["none", "small"]}, "model.head": {"choice": ["lstm", "linear"]}},
-         "tune.space: sampled trial"),
+        (
+            {"model.backbone": {"choice": ["none", "small"]}, "model.head": {"choice": ["lstm", "linear"]}},
+            "tune.space: sampled trial",
+        ),
     ],
 )
 def test_bad_spaces_fail_before_any_trial(bad, message):
@@ -65,9 +73,11 @@ def test_space_entries_can_be_set_from_the_command_line():
 
 
 def test_tune_job_rejects_a_bad_space_before_ray_starts(tmp_path):
-    res = run_job("tune.py", "--storage", str(tmp_path), "--set", "tune.space.model.lstm_layer={randint: [1, 3]}",
-                  timeout=120)
+    res = run_job(
+        "tune.py", "--storage", str(tmp_path), "--set", "tune.space.model.lstm_layer={randint: [1, 3]}", timeout=120
+    )
     assert res.returncode == 2 and "Started a local Ray" not in res.stdout + res.stderr
-    assert res.stderr == ("error: tune.space: unknown config key 'model.lstm_layer' "
-                          "(did you mean 'model.lstm_layers'?)\n")
+    assert res.stderr == (
+        "error: tune.space: unknown config key 'model.lstm_layer' (did you mean 'model.lstm_layers'?)\n"
+    )
     assert not any(tmp_path.iterdir())

@@ -61,8 +61,11 @@ def test_transient_errors_are_retried_and_others_are_not():
     waits: list[float] = []
     assert storage.retry(flaky, "reading x", sleep=waits.append) == "done" and len(calls) == 3
     assert len(waits) == 2 and 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0  # jittered doubling
-    for e in (FileNotFoundError("x"), OSError("AWS Error ACCESS_DENIED during PutObject"),
-              OSError("AWS Error UNKNOWN (HTTP status 409) ExistingObjectIsFile")):
+    for e in (
+        FileNotFoundError("x"),
+        OSError("AWS Error ACCESS_DENIED during PutObject"),
+        OSError("AWS Error UNKNOWN (HTTP status 409) ExistingObjectIsFile"),
+    ):
         calls.clear()
 
         def fail(e=e):
@@ -109,8 +112,11 @@ def test_unusable_storage_gives_one_clear_line(s3, monkeypatch, tmp_path):
     ("args", "env", "message"),
     [
         (["--storage", "s3://no-such-bucket/runs"], {}, "error: bucket no-such-bucket does not exist at "),
-        (["--storage", "s3://lstmclf-test/runs", "--s3-endpoint", "http://127.0.0.1:1"], {},
-         "error: cannot reach the S3 endpoint http://127.0.0.1:1 for s3://lstmclf-test/runs"),
+        (
+            ["--storage", "s3://lstmclf-test/runs", "--s3-endpoint", "http://127.0.0.1:1"],
+            {},
+            "error: cannot reach the S3 endpoint http://127.0.0.1:1 for s3://lstmclf-test/runs",
+        ),
         (["--storage", "s3://lstmclf-test/runs"], NO_CREDENTIALS, "error: no AWS credentials to reach "),
         (["--data", "s3://no-such-bucket/mnist"], {}, "error: bucket no-such-bucket does not exist at "),
     ],
@@ -128,10 +134,12 @@ def raw_dataset(d, n_train=200, n_test=50):
     """A small uncompressed copy of the bundled sample: a flipped pixel byte still parses as IDX."""
     a = read_arrays("sample")
     d.mkdir()
-    for role, name, n in (("train_images", "train-images-idx3-ubyte", n_train),
-                          ("train_labels", "train-labels-idx1-ubyte", n_train),
-                          ("test_images", "t10k-images-idx3-ubyte", n_test),
-                          ("test_labels", "t10k-labels-idx1-ubyte", n_test)):
+    for role, name, n in (
+        ("train_images", "train-images-idx3-ubyte", n_train),
+        ("train_labels", "train-labels-idx1-ubyte", n_train),
+        ("test_images", "t10k-images-idx3-ubyte", n_test),
+        ("test_labels", "t10k-labels-idx1-ubyte", n_test),
+    ):
         (d / name).write_bytes(encode_idx(a[role][:n], compress=False))
     return d
 
@@ -143,15 +151,21 @@ def test_data_published_to_s3_is_verified_by_its_manifest(s3, tmp_path):
     res = run_job("prepare_data.py", str(src), uri, "--s3-endpoint", s3.endpoint, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"published {uri}: 200 train / 50 test images of [28, 28], 10 classes")
-    assert s3.keys(uri) == ["manifest.json", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
-                            "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+    assert s3.keys(uri) == [
+        "manifest.json",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+    ]
     manifest = json.loads(s3.get(f"{uri}/manifest.json"))
     assert manifest["counts"] == {"train": 200, "test": 50}
     assert manifest["files"]["train-images-idx3-ubyte"]["shape"] == [200, 28, 28]
 
     local, remote = load_splits(str(src)), load_splits(uri, endpoint=s3.endpoint)
-    assert np.array_equal(local.train.images, remote.train.images) and np.array_equal(local.test.labels,
-                                                                                       remote.test.labels)
+    assert np.array_equal(local.train.images, remote.train.images) and np.array_equal(
+        local.test.labels, remote.test.labels
+    )
     again, uploaded = prepare_dataset(str(src), uri, endpoint=s3.endpoint)  # idempotent
     assert not uploaded and again == manifest
     with pytest.raises(DataError, match="already holds another dataset"):
@@ -162,10 +176,13 @@ def test_data_published_to_s3_is_verified_by_its_manifest(s3, tmp_path):
     s3.put(f"{uri}/train-images-idx3-ubyte", bytes(raw))
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte does not match the sha256 in its manifest.json"):
         load_splits(uri, endpoint=s3.endpoint)
-    res = run_job("train.py", "--data", uri, "--s3-endpoint", s3.endpoint, "--storage", str(tmp_path / "runs"),
-                  timeout=120)
-    assert res.returncode == 2 and res.stderr == (f"error: dataset {uri}: train-images-idx3-ubyte does not match "
-                                                  "the sha256 in its manifest.json (corrupt or replaced)\n")
+    res = run_job(
+        "train.py", "--data", uri, "--s3-endpoint", s3.endpoint, "--storage", str(tmp_path / "runs"), timeout=120
+    )
+    assert res.returncode == 2 and res.stderr == (
+        f"error: dataset {uri}: train-images-idx3-ubyte does not match "
+        "the sha256 in its manifest.json (corrupt or replaced)\n"
+    )
 
     gz = tmp_path / "gz"  # the same set gzipped, forced over it: the raw objects go, one file per role stays
     gz.mkdir()
@@ -173,8 +190,13 @@ def test_data_published_to_s3_is_verified_by_its_manifest(s3, tmp_path):
         (gz / f"{p.name}.gz").write_bytes(gzip.compress(p.read_bytes()))
     assert prepare_dataset(str(gz), uri, endpoint=s3.endpoint, force=True)[1]
     # pyarrow's delete_file also PUTs an empty "{prefix}/" directory marker (apache/arrow#36275): no file
-    assert [k for k in s3.keys(uri) if k] == ["manifest.json", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
-                                            "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    assert [k for k in s3.keys(uri) if k] == [
+        "manifest.json",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+    ]
     assert np.array_equal(load_splits(uri, endpoint=s3.endpoint).train.images, local.train.images)
 
 
@@ -183,8 +205,13 @@ def test_metrics_records_read_as_one_table(tmp_path):
     cfg = Config().override({"model.hidden": 48})
     for trial in ("t_00001", "t_00000"):
         for epoch in (2, 1):
-            records.write_record(table_uri, trial, epoch, cfg.to_dict(), {"epoch": epoch, "val_acc": epoch / 4,
-                                                                          "lr": 1 if trial.endswith("1") else 0.5})
+            records.write_record(
+                table_uri,
+                trial,
+                epoch,
+                cfg.to_dict(),
+                {"epoch": epoch, "val_acc": epoch / 4, "lr": 1 if trial.endswith("1") else 0.5},
+            )
     records.write_record(table_uri, "t_00000", 2, cfg.to_dict(), {"epoch": 2, "val_acc": 0.9, "lr": 0.5})  # again
     t = records.read_metrics(table_uri)
     assert t["trial_id"].to_pylist() == ["t_00000", "t_00000", "t_00001", "t_00001"]

@@ -24,9 +24,16 @@ pytestmark = pytest.mark.slow
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 TINY = {  # small enough for seconds per epoch on 2 cores, big enough to learn
-    "data.limit_train": 2000, "data.limit_test": 300, "train.epochs": 2, "train.batch_size": 32,
-    "model.width": 8, "model.hidden": 32, "model.lstm_layers": 1, "optim.lr": 0.005,
-    "scaling.num_workers": 2, "train.checkpoints_to_keep": 5,
+    "data.limit_train": 2000,
+    "data.limit_test": 300,
+    "train.epochs": 2,
+    "train.batch_size": 32,
+    "model.width": 8,
+    "model.hidden": 32,
+    "model.lstm_layers": 1,
+    "optim.lr": 0.005,
+    "scaling.num_workers": 2,
+    "train.checkpoints_to_keep": 5,
 }
 
 
@@ -90,8 +97,10 @@ def crash_after_first_report(loop_config):
 
 
 def test_second_fit_resumes_from_the_checkpoint(ray_cluster, tmp_path, monkeypatch):
-    cfg = Config().override(TINY | {"storage.path": str(tmp_path), "storage.name": "resume",
-                                    "train.max_failures": 0, "scaling.num_workers": 1})
+    cfg = Config().override(
+        TINY
+        | {"storage.path": str(tmp_path), "storage.name": "resume", "train.max_failures": 0, "scaling.num_workers": 1}
+    )
     splits = lstm_train.load_data(cfg)
     with pytest.raises(ray.train.TrainingFailedError, match="injected failure after epoch 1"):
         lstm_train.make_trainer(cfg, splits, loop=crash_after_first_report).fit()

@@ -24,11 +24,17 @@ pytestmark = pytest.mark.slow
 def test_asha_stops_trials_and_later_trials_still_run(ray_cluster, tmp_path):
     """6 trials x 2 DDP workers on 4 CPUs: 2 at a time; ASHA stops some, the rest still start and finish,
     and no placement group is left behind (Ray Train frees stopped trials' groups via the state API)."""
-    cfg = Config().override(TINY | {
-        "storage.path": str(tmp_path), "storage.name": "asha", "train.epochs": 2, "tune.num_samples": 6,
-        "data.limit_train": 1200,
-        "tune.space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}, "model.lstm_layers": {"randint": [1, 3]}},
-    })
+    cfg = Config().override(
+        TINY
+        | {
+            "storage.path": str(tmp_path),
+            "storage.name": "asha",
+            "train.epochs": 2,
+            "tune.num_samples": 6,
+            "data.limit_train": 1200,
+            "tune.space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}, "model.lstm_layers": {"randint": [1, 3]}},
+        }
+    )
     assert lstm_tune.max_concurrent_trials(cfg) == 2  # 4 CPUs / (2 workers x 1 CPU): fewer than the 6 trials
     out = lstm_tune.run(cfg)
     rows = out.table.to_pylist()
@@ -50,11 +56,20 @@ def test_asha_stops_trials_and_later_trials_still_run(ray_cluster, tmp_path):
     assert recipe["optim"]["lr"] == pytest.approx(rows[0]["optim.lr"])
     assert recipe["model"]["lstm_layers"] == rows[0]["model.lstm_layers"] and recipe["storage"]["name"] == ""
 
-    res = run_job("train.py", "--config", str(exp / "best_recipe.yaml"), "--storage", str(tmp_path),
-                  "--name", "retrain", ray_address=ray_cluster)
+    res = run_job(
+        "train.py",
+        "--config",
+        str(exp / "best_recipe.yaml"),
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "retrain",
+        ray_address=ray_cluster,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert Config.from_dict(yaml.safe_load((tmp_path / "retrain" / "epoch_0002" / "config.yaml").read_text())) \
-        == Config.from_dict(recipe).override({"storage.path": str(tmp_path), "storage.name": "retrain"})
+    assert Config.from_dict(
+        yaml.safe_load((tmp_path / "retrain" / "epoch_0002" / "config.yaml").read_text())
+    ) == Config.from_dict(recipe).override({"storage.path": str(tmp_path), "storage.name": "retrain"})
 
 
 def live_placement_groups(within_s: float) -> list[str]:
@@ -62,8 +77,11 @@ def live_placement_groups(within_s: float) -> list[str]:
     groups of trials stopped moments ago (it polls for their dead controllers)."""
     deadline = time.time() + within_s
     while True:
-        live = [f"{pg.placement_group_id} {pg.state} {pg.bundles}" for pg in list_placement_groups(detail=True)
-                if pg.state != "REMOVED"]
+        live = [
+            f"{pg.placement_group_id} {pg.state} {pg.bundles}"
+            for pg in list_placement_groups(detail=True)
+            if pg.state != "REMOVED"
+        ]
         if not live or time.time() > deadline:
             return live
         time.sleep(1)
@@ -75,12 +93,28 @@ def terminated_trials(exp: Path) -> int:
 
 
 def test_interrupted_experiment_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path):
-    args = ["--storage", str(tmp_path), "--name", "resumable", "--workers", "1", "--num-samples", "2",
-            *[f"--set={k}={v}" for k, v in (TINY | {"scaling.num_workers": 1, "tune.max_concurrent": 1,
-                                                    "tune.scheduler": "fifo"}).items()]]
+    args = [
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "resumable",
+        "--workers",
+        "1",
+        "--num-samples",
+        "2",
+        *[
+            f"--set={k}={v}"
+            for k, v in (TINY | {"scaling.num_workers": 1, "tune.max_concurrent": 1, "tune.scheduler": "fifo"}).items()
+        ],
+    ]
     env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"} | {"RAY_ADDRESS": ray_cluster}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "tune.py"), *args], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / "tune.py"), *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     exp = tmp_path / "resumable"
     deadline = time.time() + 300
     while terminated_trials(exp) < 1 and proc.poll() is None and time.time() < deadline:
@@ -104,11 +138,19 @@ def test_interrupted_experiment_resumes_without_rerunning_finished_trials(ray_cl
 
 
 def test_optuna_search(ray_cluster, tmp_path):
-    cfg = Config().override(TINY | {
-        "storage.path": str(tmp_path), "storage.name": "tpe", "train.epochs": 1, "scaling.num_workers": 1,
-        "tune.num_samples": 2, "tune.search": "optuna", "tune.space": {"optim.lr": {"loguniform": [1e-3, 1e-2]}},
-        "data.limit_train": 600,
-    })
+    cfg = Config().override(
+        TINY
+        | {
+            "storage.path": str(tmp_path),
+            "storage.name": "tpe",
+            "train.epochs": 1,
+            "scaling.num_workers": 1,
+            "tune.num_samples": 2,
+            "tune.search": "optuna",
+            "tune.space": {"optim.lr": {"loguniform": [1e-3, 1e-2]}},
+            "data.limit_train": 600,
+        }
+    )
     out = lstm_tune.run(cfg)
     lrs = out.table.column("optim.lr").to_pylist()
     assert len(set(lrs)) == 2 and all(1e-3 <= lr <= 1e-2 for lr in lrs)
@@ -117,11 +159,20 @@ def test_optuna_search(ray_cluster, tmp_path):
 def test_sync_halving_pauses_trials_at_the_rung_and_resumes_the_best(ray_cluster, tmp_path):
     """SHA: 4 trials, 2 at a time, rung at epoch 1 of 2: every trial waits there, paused (so the
     other trials start), and the best 2 go on from their epoch-1 checkpoints; the others stop."""
-    cfg = Config().override(TINY | {
-        "storage.path": str(tmp_path), "storage.name": "sha", "scaling.num_workers": 1, "data.limit_train": 600,
-        "tune.num_samples": 4, "tune.max_concurrent": 2, "tune.scheduler": "sha", "tune.reduction_factor": 2,
-        "tune.space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}},
-    })
+    cfg = Config().override(
+        TINY
+        | {
+            "storage.path": str(tmp_path),
+            "storage.name": "sha",
+            "scaling.num_workers": 1,
+            "data.limit_train": 600,
+            "tune.num_samples": 4,
+            "tune.max_concurrent": 2,
+            "tune.scheduler": "sha",
+            "tune.reduction_factor": 2,
+            "tune.space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}},
+        }
+    )
     out = lstm_tune.run(cfg)
     rows = {r["trial_id"]: r for r in out.table.to_pylist()}
     assert sorted(r["epochs_run"] for r in rows.values()) == [1, 1, 2, 2]  # 6 of the 8 full-budget epochs
@@ -136,7 +187,11 @@ def test_sync_halving_pauses_trials_at_the_rung_and_resumes_the_best(ray_cluster
     # Tune's results per trial: (epoch, training_iteration). A survivor that waited at the rung was
     # paused and started again (its iterations count from 1 again), and its Train run resumed from the
     # epoch-1 checkpoint (epoch 1 is not trained twice).
-    reported = {t: [(r["epoch"], r["training_iteration"]) for r in map(json.loads, (d / "result.json").open())]
-                for d in (tmp_path / "sha").glob("trial_*") for t in rows if t in d.name}
+    reported = {
+        t: [(r["epoch"], r["training_iteration"]) for r in map(json.loads, (d / "result.json").open())]
+        for d in (tmp_path / "sha").glob("trial_*")
+        for t in rows
+        if t in d.name
+    }
     assert all(reported[t] in ([(1, 1), (2, 1)], [(1, 1), (2, 2)]) for t in went_on)
     assert any(reported[t] == [(1, 1), (2, 1)] for t in went_on)

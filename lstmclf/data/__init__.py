@@ -15,6 +15,18 @@ from lstmclf.data.idx import encode_idx, parse_idx
 from lstmclf.data.loader import BatchLoader, random_shift, to_tensors
 
 __all__ = [
-    "SAMPLE", "BatchLoader", "Split", "Splits", "build_splits", "encode_idx", "load_splits", "load_test",
-    "parse_idx", "prepare_dataset", "random_shift", "read_arrays", "sample_dir", "to_tensors",
+    "SAMPLE",
+    "BatchLoader",
+    "Split",
+    "Splits",
+    "build_splits",
+    "encode_idx",
+    "load_splits",
+    "load_test",
+    "parse_idx",
+    "prepare_dataset",
+    "random_shift",
+    "read_arrays",
+    "sample_dir",
+    "to_tensors",
 ]

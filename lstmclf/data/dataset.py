@@ -78,16 +78,19 @@ def _match(uri: str, root: str, names: list[str], roles: tuple[str, ...]) -> dic
         pattern = FILES[role]
         hits = [n for n in names if _is_role(n, role)]
         if not hits:
-            raise DataError(f"dataset {uri}: no file matching {pattern.replace(chr(92), '')} (found: "
-                            f"{', '.join(names[:8]) or 'nothing'})")
+            raise DataError(
+                f"dataset {uri}: no file matching {pattern.replace(chr(92), '')} (found: "
+                f"{', '.join(names[:8]) or 'nothing'})"
+            )
         if len(hits) > 1:
             raise DataError(f"dataset {uri}: several files for {role}: {', '.join(hits)}")
         found[role] = f"{root}/{hits[0]}"
     return found
 
 
-def read_files(uri: str, endpoint: str = "", roles: tuple[str, ...] = tuple(FILES)
-               ) -> dict[str, tuple[str, bytes, np.ndarray]]:
+def read_files(
+    uri: str, endpoint: str = "", roles: tuple[str, ...] = tuple(FILES)
+) -> dict[str, tuple[str, bytes, np.ndarray]]:
     """Read and validate the four files (or only `roles` of them) -> role: (file name, raw bytes,
     array). Errors name the file.
 
@@ -108,8 +111,9 @@ def read_files(uri: str, endpoint: str = "", roles: tuple[str, ...] = tuple(FILE
             if not isinstance(entry, dict):
                 raise DataError(f"dataset {uri}: {MANIFEST} does not list {name}")
             if hashlib.sha256(raw).hexdigest() != entry.get("sha256"):
-                raise DataError(f"dataset {uri}: {name} does not match the sha256 in its {MANIFEST} "
-                                "(corrupt or replaced)")
+                raise DataError(
+                    f"dataset {uri}: {name} does not match the sha256 in its {MANIFEST} (corrupt or replaced)"
+                )
         arr = parse_idx(raw, path)
         want_ndim = 3 if role.endswith("images") else 1
         if arr.dtype != np.uint8:
@@ -119,8 +123,9 @@ def read_files(uri: str, endpoint: str = "", roles: tuple[str, ...] = tuple(FILE
         if len(arr) == 0:
             raise DataError(f"{path}: holds no items")
         if entry is not None and entry.get("shape") != list(arr.shape):
-            raise DataError(f"dataset {uri}: {name} has shape {list(arr.shape)}, "
-                            f"its {MANIFEST} says {entry.get('shape')}")
+            raise DataError(
+                f"dataset {uri}: {name} has shape {list(arr.shape)}, its {MANIFEST} says {entry.get('shape')}"
+            )
         out[role] = (name, raw, arr)
     parts = [part for part in ("train", "test") if f"{part}_images" in out and f"{part}_labels" in out]
     for part in parts:
@@ -162,8 +167,9 @@ def _read_manifest(fs: Any, root: str, uri: str) -> dict[str, Any]:
     return manifest
 
 
-def prepare_dataset(src: str, dest: str, *, endpoint: str = "", num_classes: int = 0,
-                    force: bool = False) -> tuple[dict[str, Any], bool]:
+def prepare_dataset(
+    src: str, dest: str, *, endpoint: str = "", num_classes: int = 0, force: bool = False
+) -> tuple[dict[str, Any], bool]:
     """Validate the four IDX files at `src` and copy them, as they are, to `dest` (a directory or
     s3:// prefix) with a manifest of counts, shapes and sha256 per file, written last.
 
@@ -172,10 +178,14 @@ def prepare_dataset(src: str, dest: str, *, endpoint: str = "", num_classes: int
     files = read_files(src, endpoint)
     n_cls = class_count({role: arr for role, (_, _, arr) in files.items()}, num_classes, str(src))
     manifest = {
-        "format": 1, "num_classes": n_cls, "image_shape": list(files["train_images"][2].shape[1:]),
+        "format": 1,
+        "num_classes": n_cls,
+        "image_shape": list(files["train_images"][2].shape[1:]),
         "counts": {part: len(files[f"{part}_labels"][2]) for part in ("train", "test")},
-        "files": {name: {"role": role, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw),
-                         "shape": list(arr.shape)} for role, (name, raw, arr) in files.items()},
+        "files": {
+            name: {"role": role, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw), "shape": list(arr.shape)}
+            for role, (name, raw, arr) in files.items()
+        },
     }
     storage.check(dest, endpoint)
     fs, root = storage.resolve(dest, endpoint)
@@ -196,11 +206,18 @@ def prepare_dataset(src: str, dest: str, *, endpoint: str = "", num_classes: int
         present = storage.list_files(fs, root)
     except StorageError:
         present = []  # nothing there yet
-    stale = [n for n in present if n not in manifest["files"] and n != MANIFEST
-             and (n in old_listed or any(_is_role(n, role) for role in FILES))]
+    stale = [
+        n
+        for n in present
+        if n not in manifest["files"]
+        and n != MANIFEST
+        and (n in old_listed or any(_is_role(n, role) for role in FILES))
+    ]
     if stale and old is None and not force:
-        raise DataError(f"{dest} already holds IDX files ({', '.join(stale)}) without a {MANIFEST}; "
-                        "choose another destination or --force")
+        raise DataError(
+            f"{dest} already holds IDX files ({', '.join(stale)}) without a {MANIFEST}; "
+            "choose another destination or --force"
+        )
     for _role, (name, raw, _arr) in files.items():
         storage.write_file(fs, f"{root}/{name}", raw)
     for name in stale:
@@ -221,8 +238,10 @@ def class_count(arrays: dict[str, np.ndarray], num_classes: int, name: str) -> i
 def check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
     bad = np.flatnonzero(labels >= num_classes)
     if len(bad):
-        raise DataError(f"{name}: label {int(labels[bad[0]])} at index {int(bad[0])} is out of range "
-                        f"[0, {num_classes}) ({len(bad)} such labels)")
+        raise DataError(
+            f"{name}: label {int(labels[bad[0]])} at index {int(bad[0])} is out of range "
+            f"[0, {num_classes}) ({len(bad)} such labels)"
+        )
 
 
 def stratified_take(labels: np.ndarray, total: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -243,8 +262,16 @@ def stratified_take(labels: np.ndarray, total: int, seed: int) -> tuple[np.ndarr
     return taken_idx, np.flatnonzero(mask)
 
 
-def build_splits(arrays: dict[str, np.ndarray], *, num_classes: int = 0, val_fraction: float = 0.1,
-                 limit_train: int = 0, limit_test: int = 0, seed: int = 0, name: str = "dataset") -> Splits:
+def build_splits(
+    arrays: dict[str, np.ndarray],
+    *,
+    num_classes: int = 0,
+    val_fraction: float = 0.1,
+    limit_train: int = 0,
+    limit_test: int = 0,
+    seed: int = 0,
+    name: str = "dataset",
+) -> Splits:
     """Validated arrays -> stratified train/val split of the training files and the (subset) test set."""
     tr_x, tr_y = arrays["train_images"], arrays["train_labels"]
     te_x, te_y = arrays["test_images"], arrays["test_labels"]
@@ -264,13 +291,34 @@ def build_splits(arrays: dict[str, np.ndarray], *, num_classes: int = 0, val_fra
     px = train.images.reshape(-1)
     mean = float(px.mean(dtype=np.float64) / 255.0)
     std = float(px.std(dtype=np.float64) / 255.0) or 1.0
-    return Splits(train=train, val=Split(tr_x[val_idx], tr_y[val_idx]), test=Split(te_x, te_y),
-                  num_classes=n_cls, mean=mean, std=std)
+    return Splits(
+        train=train,
+        val=Split(tr_x[val_idx], tr_y[val_idx]),
+        test=Split(te_x, te_y),
+        num_classes=n_cls,
+        mean=mean,
+        std=std,
+    )
 
 
-def load_splits(uri: str = SAMPLE, *, num_classes: int = 0, val_fraction: float = 0.1, limit_train: int = 0,
-                limit_test: int = 0, seed: int = 0, endpoint: str = "") -> Splits:
+def load_splits(
+    uri: str = SAMPLE,
+    *,
+    num_classes: int = 0,
+    val_fraction: float = 0.1,
+    limit_train: int = 0,
+    limit_test: int = 0,
+    seed: int = 0,
+    endpoint: str = "",
+) -> Splits:
     """Read, validate and split an MNIST-format dataset from a directory, URI or the bundled sample
     (`endpoint`: the S3 endpoint for s3:// URIs, see `lstmclf.storage.endpoint_url`)."""
-    return build_splits(read_arrays(uri, endpoint), num_classes=num_classes, val_fraction=val_fraction,
-                        limit_train=limit_train, limit_test=limit_test, seed=seed, name=f"dataset {uri}")
+    return build_splits(
+        read_arrays(uri, endpoint),
+        num_classes=num_classes,
+        val_fraction=val_fraction,
+        limit_train=limit_train,
+        limit_test=limit_test,
+        seed=seed,
+        name=f"dataset {uri}",
+    )

@@ -43,8 +43,20 @@ class BatchLoader:
     Evaluation (`shuffle=False`): rank r takes indices r, r+world, ...: every item exactly once.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, mean: float, std: float,
-                 shuffle: bool = False, shift: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        mean: float,
+        std: float,
+        shuffle: bool = False,
+        shift: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if len(images) < world_size:
             raise ValueError(f"{len(images)} items cannot be sharded over {world_size} ranks")
         self.images, self.labels = images, labels

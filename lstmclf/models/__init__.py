@@ -16,8 +16,15 @@ from lstmclf.models.registry import backbone_names, get_head, head_names, regist
 if TYPE_CHECKING:
     from lstmclf.config import ModelConfig
 
-__all__ = ["Classifier", "backbone_names", "build_backbone", "build_model", "head_names", "register_backbone",
-           "register_head"]
+__all__ = [
+    "Classifier",
+    "backbone_names",
+    "build_backbone",
+    "build_model",
+    "head_names",
+    "register_backbone",
+    "register_head",
+]
 
 
 class Classifier(nn.Module):

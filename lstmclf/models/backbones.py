@@ -35,21 +35,25 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 def small(cfg: ModelConfig, in_channels: int) -> nn.Module:
     """Fast two-stage CNN: (B, in, H, W) -> (B, 2*width, H/4, W/4); 28x28 -> 7x7."""
     w = cfg.width
-    return nn.Sequential(OrderedDict(
-        stage1=nn.Sequential(_conv_bn_relu(in_channels, w), _conv_bn_relu(w, w), nn.MaxPool2d(2)),
-        stage2=nn.Sequential(_conv_bn_relu(w, 2 * w), _conv_bn_relu(2 * w, 2 * w), nn.MaxPool2d(2)),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            stage1=nn.Sequential(_conv_bn_relu(in_channels, w), _conv_bn_relu(w, w), nn.MaxPool2d(2)),
+            stage2=nn.Sequential(_conv_bn_relu(w, 2 * w), _conv_bn_relu(2 * w, 2 * w), nn.MaxPool2d(2)),
+        )
+    )
 
 
 @register_backbone("vgg")
 def vgg(cfg: ModelConfig, in_channels: int) -> nn.Module:
     """VGG-style stack: (B, in, H, W) -> (B, 8*width, H/4, W/4); 28x28 -> 7x7."""
     w = cfg.width
-    return nn.Sequential(OrderedDict(
-        stage1=nn.Sequential(_conv_bn_relu(in_channels, 2 * w), _conv_bn_relu(2 * w, 2 * w), nn.MaxPool2d(2)),
-        stage2=nn.Sequential(_conv_bn_relu(2 * w, 4 * w), _conv_bn_relu(4 * w, 4 * w), nn.MaxPool2d(2)),
-        stage3=nn.Sequential(_conv_bn_relu(4 * w, 8 * w), _conv_bn_relu(8 * w, 8 * w)),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            stage1=nn.Sequential(_conv_bn_relu(in_channels, 2 * w), _conv_bn_relu(2 * w, 2 * w), nn.MaxPool2d(2)),
+            stage2=nn.Sequential(_conv_bn_relu(2 * w, 4 * w), _conv_bn_relu(4 * w, 4 * w), nn.MaxPool2d(2)),
+            stage3=nn.Sequential(_conv_bn_relu(4 * w, 8 * w), _conv_bn_relu(8 * w, 8 * w)),
+        )
+    )
 
 
 @register_backbone("resnet")
@@ -65,10 +69,18 @@ def resnet(cfg: ModelConfig, in_channels: int) -> nn.Module:
     conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision inits conv1
     # avgpool and fc are dropped: the head does the pooling.
-    return nn.Sequential(OrderedDict(
-        conv1=conv1, bn1=net.bn1, relu=net.relu, maxpool=nn.Identity(),
-        layer1=net.layer1, layer2=net.layer2, layer3=net.layer3, layer4=net.layer4,
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            conv1=conv1,
+            bn1=net.bn1,
+            relu=net.relu,
+            maxpool=nn.Identity(),
+            layer1=net.layer1,
+            layer2=net.layer2,
+            layer3=net.layer3,
+            layer4=net.layer4,
+        )
+    )
 
 
 @register_backbone("none")
@@ -118,7 +130,7 @@ def load_pretrained(module: nn.Module, path: str | Path, name: str = "backbone")
         raise CheckpointError(f"{where} holds a {type(obj).__name__}, not a state_dict")
     if isinstance(obj.get("model"), Mapping):  # full model checkpoint
         prefix = "backbone."
-        obj = {k[len(prefix):]: v for k, v in obj["model"].items() if isinstance(k, str) and k.startswith(prefix)}
+        obj = {k[len(prefix) :]: v for k, v in obj["model"].items() if isinstance(k, str) and k.startswith(prefix)}
         if not obj:
             raise CheckpointError(f"{where} is a model checkpoint without backbone.* weights")
     not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]

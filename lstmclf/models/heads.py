@@ -37,8 +37,12 @@ class SequenceEncoder(nn.Module):
         super().__init__()
         self.pool = cfg.pool
         self.lstm = nn.LSTM(
-            in_features, cfg.hidden, num_layers=cfg.lstm_layers, batch_first=True,
-            bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.lstm_layers > 1 else 0.0,
+            in_features,
+            cfg.hidden,
+            num_layers=cfg.lstm_layers,
+            batch_first=True,
+            bidirectional=cfg.bidirectional,
+            dropout=cfg.dropout if cfg.lstm_layers > 1 else 0.0,
         )
         self.directions = 2 if cfg.bidirectional else 1
         self.out_dim = self.directions * cfg.hidden
@@ -56,7 +60,7 @@ class SequenceEncoder(nn.Module):
         if self.pool == "last":
             # Top layer's final states; for the backward direction that is its state after
             # reading the whole sequence back to t=0, which out[:, -1] would miss.
-            top = h_n[-self.directions:]  # (D, B, hidden), forward then backward
+            top = h_n[-self.directions :]  # (D, B, hidden), forward then backward
             return top.transpose(0, 1).reshape(seq.shape[0], self.out_dim)  # (B, D*hidden)
         if self.pool == "mean":
             return out.mean(dim=1)  # (B, D*hidden)
