@@ -50,9 +50,10 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """Stepped once per batch over the whole run (`total_steps` = epochs * batches per epoch)."""
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=max(cfg.warmup, 1e-3)
-        )
+        pct = max(cfg.warmup, 1e-3)
+        if pct * total_steps == 1:  # OneCycleLR divides by zero when its warm-up ends exactly at step 0
+            pct = 1.5 / total_steps
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct)
     warm = int(cfg.warmup * total_steps) if cfg.schedule == "cosine" else 0
 
     def factor(step: int) -> float:
