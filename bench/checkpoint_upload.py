@@ -114,9 +114,10 @@ def part2(server: SeaweedFS, epochs: int, tmp: Path) -> list[str]:
 
     from lstmclf import train as lstm_train
     from lstmclf.config import Config
+    from lstmclf.driver import init_ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    lstm_train.init_ray(num_cpus=2)
+    init_ray(num_cpus=2)
     base = {
         "data.limit_train": 2000,
         "data.limit_test": 300,

@@ -223,7 +223,7 @@ def place(name: str, data: str, limit: int = 20000, epochs: int = 3) -> dict:
     cpu = invol = None
     if name == "Ray Train":
         with tempfile.TemporaryDirectory() as tmp:
-            fit(cfg.override({"storage.path": tmp, "storage.name": "where"}), splits=splits, verbose=False)
+            fit(cfg.override({"storage.path": tmp, "storage.name": "where"}), splits=splits, progress=False)
             rates = [
                 json.loads(Path(f).read_text())["train_img_s"]
                 for f in sorted(glob.glob(f"{tmp}/where/epoch_*/metrics.json"))

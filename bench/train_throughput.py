@@ -67,7 +67,7 @@ def plain_epochs(cfg: Config, splits, epochs: int, dev: torch.device) -> list[fl
 def ray_run(cfg: Config, splits, name: str) -> tuple[list[dict], float]:
     """One Ray Train run in a fresh Ray session: its per-epoch metrics and wall time (start-up included)."""
     t0 = time.perf_counter()
-    fit(cfg.override({"storage.name": name}), splits=splits, verbose=False)
+    fit(cfg.override({"storage.name": name}), splits=splits, progress=False)
     wall = time.perf_counter() - t0
     ray.shutdown()  # the next plain run must not pay for Ray's background processes
     run = Path(cfg.storage.path) / name

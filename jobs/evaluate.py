@@ -7,6 +7,7 @@ python jobs/evaluate.py CKPT --data ../shared/data/mnist       # another MNIST-f
 import argparse
 
 from lstmclf.cli import run_main
+from lstmclf.driver import absolute_path
 
 
 def main() -> None:
@@ -20,12 +21,13 @@ def main() -> None:
         help="S3-compatible endpoint URL for s3:// URIs (default: AWS_ENDPOINT_URL_S3, else AWS)",
     )
     a = p.parse_args()
+    out = absolute_path(a.out, "--out")  # refused here, before any work, if it would be lost
 
     from lstmclf.evaluate import evaluate_checkpoint, write_report
 
     # Only the test files are read, their labels checked against the checkpoint's classes.
     report = evaluate_checkpoint(a.checkpoint, data=a.data or "", endpoint=a.s3_endpoint)
-    paths = write_report(report, a.out)
+    paths = write_report(report, out)
     print(
         f"acc {report['acc']:.2%}  precision {report['precision']:.4f}  recall {report['recall']:.4f}  "
         f"f1 {report['f1']:.4f}  ({report['images']} test images)"

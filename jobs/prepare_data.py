@@ -12,6 +12,7 @@ sha256 of each file. Training from that URI checks every file against it before 
 import argparse
 
 from lstmclf.cli import run_main
+from lstmclf.driver import absolute_path
 
 
 def main() -> None:
@@ -28,7 +29,7 @@ def main() -> None:
     from lstmclf.data import prepare_dataset
 
     manifest, uploaded = prepare_dataset(
-        a.src, a.dest, endpoint=a.s3_endpoint, num_classes=a.num_classes, force=a.force
+        a.src, absolute_path(a.dest, "dest"), endpoint=a.s3_endpoint, num_classes=a.num_classes, force=a.force
     )
     c = manifest["counts"]
     what = "published" if uploaded else "already up to date:"

@@ -14,6 +14,7 @@ import argparse
 import json
 
 from lstmclf.cli import run_main
+from lstmclf.driver import absolute_path
 
 
 def main() -> None:
@@ -50,7 +51,7 @@ def main() -> None:
         )
         .storage
     )
-    r = Registry(st.registry, st.s3_endpoint)
+    r = Registry(absolute_path(st.registry, "storage.registry"), st.s3_endpoint)
     if a.command == "register":
         v = r.register(a.checkpoint, a.name, source=a.source)
         print(f"registered {a.checkpoint} as {a.name} version {v} in {st.registry}")

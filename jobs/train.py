@@ -15,12 +15,13 @@ from lstmclf.cli import add_config_args, config_from_args, run_main
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
-    cfg = config_from_args(p.parse_args(), prefix="train")
+    a = p.parse_args()
+    cfg = config_from_args(a, prefix="train")
 
     from lstmclf.evaluate import test_line
     from lstmclf.train import fit  # Ray is imported only once the config is valid
 
-    out = fit(cfg)
+    out = fit(cfg, verbose=a.verbose)
     print(
         f"\nrun {out.run_path}: {out.epochs_run} epochs, best val_acc {out.best_metrics['val_acc']:.2%} "
         f"(epoch {out.best_metrics['epoch']})"

@@ -52,7 +52,7 @@ def main() -> None:
 
     if not cfg.storage.name:
         cfg = cfg.override({"storage.name": latest_experiment(cfg.storage.path, cfg.storage.s3_endpoint)})
-    out = run(cfg, resume=a.resume)
+    out = run(cfg, resume=a.resume, verbose=a.verbose)
     best = out.table.slice(0, 1).to_pylist()[0]
     stopped = out.table["status"].to_pylist().count("stopped early")
     print("\n" + markdown_table(out.table))

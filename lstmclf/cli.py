@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from lstmclf.config import Config, load_config
+from lstmclf.driver import absolute_paths
 from lstmclf.errors import LstmclfError
 
 
@@ -33,6 +34,11 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="DDP workers per run (scaling.num_workers)")
     p.add_argument("--cpus-per-worker", type=int, help="scaling.cpus_per_worker")
     p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="let Ray's and Tune's own output through to the console (default: it stays in Ray's log files)",
+    )
+    p.add_argument(
         "--gpus-per-worker", type=float, help="train on GPUs with this many per worker (sets scaling.use_gpu)"
     )
 
@@ -41,7 +47,8 @@ def config_from_args(
     a: argparse.Namespace, prefix: str = "run", preset: dict | None = None, pick_name: bool = True
 ) -> Config:
     """Defaults <- --config file <- `preset` <- --set overrides <- shorthand flags; a run name is
-    picked from the time if none is set and `pick_name`."""
+    picked from the time if none is set and `pick_name`; local paths made absolute against the
+    current directory (`lstmclf.driver.absolute_paths`)."""
     flags = {
         "data.path": a.data,
         "storage.path": a.storage,
@@ -57,7 +64,7 @@ def config_from_args(
     cfg = load_config(a.config, [*preset_sets, *a.set]).override({k: v for k, v in flags.items() if v is not None})
     if not cfg.storage.name and pick_name:
         cfg = cfg.override({"storage.name": f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"})
-    return cfg
+    return absolute_paths(cfg)
 
 
 def run_main(main: Callable[[], object]) -> None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import resource
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from lstmclf import records, storage
 from lstmclf.checkpoint import MANIFEST, load_checkpoint, save_checkpoint, upload_checkpoint
 from lstmclf.config import Config, check_resumable
 from lstmclf.data import BatchLoader, Splits, load_splits, to_tensors
+from lstmclf.driver import Relay, absolute_paths, init_ray, send
 from lstmclf.engine import build_loss, build_optimizer, build_scheduler, evaluate, place_model, synchronize, train_epoch
 from lstmclf.errors import DataError, StorageError
 from lstmclf.evaluate import evaluate_checkpoint, headline
@@ -193,11 +192,14 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
 
 class EpochRecorder(ray.train.UserCallback):
     """Adds each reported epoch to the experiment's Parquet metrics table (`lstmclf.records`); runs
-    on the Train controller. A row that still fails after its retries is reported, not raised:
-    losing one row must not stop a run (every checkpoint keeps its metrics.json too)."""
+    on the Train controller. A row that still fails after its retries is reported (to the driver's
+    console through `sink`, a `driver.Relay` sink), not raised: losing one row must not stop a run
+    (every checkpoint keeps its metrics.json too)."""
 
-    def __init__(self, table_uri: str, trial_id: str, config: dict[str, Any], endpoint: str = "") -> None:
-        self.table_uri, self.trial_id, self.config = table_uri, trial_id, config
+    def __init__(
+        self, table_uri: str, trial_id: str, config: dict[str, Any], endpoint: str = "", sink: Any = None
+    ) -> None:
+        self.table_uri, self.trial_id, self.config, self.sink = table_uri, trial_id, config, sink
         self.endpoint = storage.endpoint_url(endpoint)  # resolved here: the controller may not share our env
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
@@ -205,27 +207,30 @@ class EpochRecorder(ray.train.UserCallback):
         try:
             records.write_record(self.table_uri, self.trial_id, m["epoch"], self.config, m, endpoint=self.endpoint)
         except StorageError as e:
-            print(
+            send(
+                self.sink,
                 f"warning: epoch {m['epoch']} of {self.trial_id} is missing from {self.table_uri}: {e}",
-                file=sys.stderr,
-                flush=True,
+                err=True,
             )
 
 
-class EpochPrinter(ray.train.UserCallback):
-    """One line per epoch, printed by the Train controller (its output reaches the driver)."""
+def epoch_line(m: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+        f"val_acc {m['val_acc']:.2%}  val_f1 {m['val_f1']:.4f}  {m['epoch_s']:.1f}s  "
+        f"{m['train_img_s']:,.0f} img/s"
+    )
 
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
+
+class EpochPrinter(ray.train.UserCallback):
+    """One line per epoch on the driver's console (sent through a `driver.Relay` sink: this runs on
+    the Train controller)."""
+
+    def __init__(self, epochs: int, sink: Any = None) -> None:
+        self.epochs, self.sink = epochs, sink
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        m = metrics[0]
-        print(
-            f"epoch {m['epoch']}/{self.epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
-            f"val_acc {m['val_acc']:.2%}  val_f1 {m['val_f1']:.4f}  {m['epoch_s']:.1f}s  "
-            f"{m['train_img_s']:,.0f} img/s",
-            flush=True,
-        )
+        send(self.sink, epoch_line(metrics[0], self.epochs))
 
 
 def make_trainer(
@@ -314,22 +319,24 @@ def best_checkpoint(result: ray.train.Result) -> tuple[ray.train.Checkpoint, dic
     return max(result.best_checkpoints, key=lambda cm: (cm[1][METRIC], cm[1]["epoch"]))
 
 
-def fit(cfg: Config, *, splits: Splits | None = None, verbose: bool = True) -> TrainOutcome:
+def fit(cfg: Config, *, splits: Splits | None = None, progress: bool = True, verbose: bool = False) -> TrainOutcome:
     """Train one config with Ray Train (starting from its latest checkpoint if the run exists),
     then evaluate the best checkpoint on the test set and write `summary.json` beside the run.
-    Data, model and resume checks run before Ray is started (or joined)."""
+    Data, model and resume checks run before Ray is started (or joined). `progress` prints a line
+    per epoch; `verbose` lets Ray's own output through (see `lstmclf.driver`)."""
+    cfg = absolute_paths(cfg)  # Ray's processes run elsewhere: a relative path would point there
     endpoint = cfg.storage.s3_endpoint
     splits = preflight(cfg, splits)
     check_resume(cfg)
-    init_ray()  # only now: bad input has failed above without cluster time
+    init_ray(verbose=verbose)  # only now: bad input has failed above without cluster time
     run_path = storage.join(cfg.storage.path, cfg.storage.name)
-    callbacks: list[ray.train.UserCallback] = [
-        EpochRecorder(storage.join(run_path, "metrics"), cfg.storage.name, cfg.to_dict(), endpoint)
-    ]
-    if verbose:
-        callbacks.append(EpochPrinter(cfg.train.epochs))
-    trainer = make_trainer(cfg, ray.put(splits), callbacks=callbacks)
-    result = trainer.fit()
+    with Relay() as relay:
+        callbacks: list[ray.train.UserCallback] = [
+            EpochRecorder(storage.join(run_path, "metrics"), cfg.storage.name, cfg.to_dict(), endpoint, relay.sink)
+        ]
+        if progress:
+            callbacks.append(EpochPrinter(cfg.train.epochs, relay.sink))
+        result = make_trainer(cfg, ray.put(splits), callbacks=callbacks).fit()
     ckpt, best = best_checkpoint(result)
     uri = storage.to_uri(cfg.storage.path, ckpt.path)
     test = evaluate_checkpoint(uri, splits.test, endpoint=endpoint)
@@ -344,13 +351,3 @@ def fit(cfg: Config, *, splits: Splits | None = None, verbose: bool = True) -> T
     }
     storage.write_bytes(storage.join(run_path, "summary.json"), json.dumps(summary, indent=2).encode(), endpoint)
     return TrainOutcome(run_path, uri, best, test, result.metrics["epoch"])
-
-
-def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to the cluster in RAY_ADDRESS, or start a local one (dashboard on: see DESIGN.md)."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=True)

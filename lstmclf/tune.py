@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -26,13 +29,15 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 from lstmclf import space, storage
 from lstmclf.config import Config, check_resumable
 from lstmclf.data import Splits
+from lstmclf.driver import Relay, absolute_paths, environment, init_ray
 from lstmclf.errors import ConfigError
 from lstmclf.evaluate import evaluate_checkpoint, headline
 from lstmclf.halving import SyncHalvingScheduler
-from lstmclf.train import METRIC, EpochRecorder, init_ray, make_trainer, preflight
+from lstmclf.train import METRIC, EpochRecorder, make_trainer, preflight
 
 EXPERIMENT_CONFIG = "lstmclf_experiment.yaml"  # the experiment's base config, to refuse a mismatched resume
 RECIPE = "best_recipe.yaml"
+TUNE_ERRORS = "TUNE_PRINT_ALL_TRIAL_ERRORS"  # read when an experiment starts; "1": Tune logs each failure whole
 # A trial's driver only supervises its Train run, so it takes no CPU from the workers (a CPU
 # request would stop a 2-worker trial fitting a 2-CPU machine). Ray's docs advise keeping these
 # drivers on a node that is not preempted: the head node, through its built-in resource.
@@ -67,9 +72,72 @@ def trial(overrides: dict[str, Any], shared: dict[str, Any]) -> None:
         {**overrides, "storage.path": storage.join(shared["experiment"], "trials"), "storage.name": trial_id}
     )
     table = EpochRecorder(
-        storage.join(shared["experiment"], "metrics"), trial_id, cfg.to_dict(), cfg.storage.s3_endpoint
+        storage.join(shared["experiment"], "metrics"), trial_id, cfg.to_dict(), cfg.storage.s3_endpoint, shared["sink"]
     )
     make_trainer(cfg, shared["data"], callbacks=[TuneReportCallback(), table]).fit()
+
+
+class ProgressPrinter(tune.Callback):
+    """The experiment on the driver's console, instead of Tune's tables: a line when a trial starts
+    (its searched values) and after each of its epochs, a line saying why it ended (finished, or
+    stopped early by the scheduler), and for a failed trial its error's last line and where the
+    whole traceback is."""
+
+    def __init__(self, epochs: int, scheduler: str, keys: list[str], storage_uri: str) -> None:
+        self.epochs, self.scheduler, self.keys, self.storage_uri = epochs, scheduler, keys, storage_uri
+        self.best: dict[str, tuple[float, int]] = {}  # trial -> (best val_acc, its epoch) seen by this driver
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        done = (trial.last_result or {}).get("epoch")
+        if done:  # resumed after a restore, or promoted past a rung by synchronous halving
+            print(f"trial {trial.trial_id} continues after epoch {done}", flush=True)
+            return
+        values = "  ".join(f"{k}={_short(trial.config.get(k))}" for k in self.keys)
+        print(f"trial {trial.trial_id} started: {values}", flush=True)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if METRIC not in result:
+            return
+        epoch = int(result["epoch"])
+        if result[METRIC] > self.best.get(trial.trial_id, (-1.0, 0))[0]:
+            self.best[trial.trial_id] = (result[METRIC], epoch)
+        print(
+            f"trial {trial.trial_id}  epoch {epoch}/{self.epochs}  {METRIC} {result[METRIC]:.2%}  "
+            f"val_f1 {result['val_f1']:.4f}  train_loss {result['train_loss']:.4f}  {result['epoch_s']:.1f}s",
+            flush=True,
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        epoch = last.get("epoch", 0)
+        acc, at = self.best.get(trial.trial_id, (last.get(METRIC, float("nan")), epoch))
+        if epoch < self.epochs:
+            print(
+                f"trial {trial.trial_id} stopped early by {self.scheduler} after epoch {epoch}: its {METRIC} "
+                f"trailed the others at that point (best {acc:.2%})",
+                flush=True,
+            )
+        else:
+            print(f"trial {trial.trial_id} finished {epoch} epochs: best {METRIC} {acc:.2%} (epoch {at})", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epoch = (trial.last_result or {}).get("epoch", 0)
+        try:  # Tune has just written it in the trial's local staging directory
+            text = Path(trial.error_file).read_text().strip() if trial.error_file else ""
+        except OSError:
+            text = ""
+        # The last line of Ray's error text is the root cause's `Type: message`.
+        cause = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "unknown error")
+        where = storage.to_uri(self.storage_uri, f"{trial.path}/error.txt") if trial.path else "the trial's error.txt"
+        print(
+            f"trial {trial.trial_id} failed after epoch {epoch}:\n  {cause[:500]}\n  whole traceback: {where}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _check_search(cfg: Config, dists: dict[str, space.Dist]) -> None:
@@ -210,11 +278,13 @@ def markdown_table(table: pa.Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(cfg: Config, *, resume: bool = False, splits: Splits | None = None) -> TuneOutcome:
+def run(cfg: Config, *, resume: bool = False, splits: Splits | None = None, verbose: bool = False) -> TuneOutcome:
     """Run (or resume) the experiment `cfg.storage.name` under `cfg.storage.path`.
 
     The search space, every sampled trial config, the data and the base model are checked
-    before Ray is started, so bad input costs no cluster time."""
+    before Ray is started, so bad input costs no cluster time. The console gets a line per
+    trial-epoch and one block per failed trial; `verbose` adds Ray's and Tune's own output."""
+    cfg = absolute_paths(cfg)  # every trial runs in a working directory of its own
     dists = space.parse(cfg.tune.space, cfg)
     _check_search(cfg, dists)
     trials = space.sample(cfg, dists, cfg.tune.num_samples, cfg.tune.seed)
@@ -222,36 +292,42 @@ def run(cfg: Config, *, resume: bool = False, splits: Splits | None = None) -> T
     splits = preflight(cfg, splits)
     exp_uri = storage.join(cfg.storage.path, cfg.storage.name)
     resumed = check_experiment(cfg, exp_uri, resume)
-    init_ray()
+    init_ray(verbose=verbose)
 
-    fs, exp_path = storage.resolve(exp_uri, endpoint)
-    shared = {"base": cfg.to_dict(), "data": ray.put(splits), "experiment": exp_uri}
-    trainable = tune.with_resources(tune.with_parameters(trial, shared=shared), TRIAL_DRIVER_RESOURCES)
-    if resumed and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
-        print(f"resuming experiment {exp_uri}: finished trials are kept, unfinished ones continue", flush=True)
-        tuner = tune.Tuner.restore(exp_path, trainable, resume_errored=True, storage_filesystem=fs)
-    else:
-        storage.write_bytes(storage.join(exp_uri, EXPERIMENT_CONFIG), cfg.to_yaml().encode(), endpoint)
-        concurrent = max_concurrent_trials(cfg)
-        num_trials = len(trials) if cfg.tune.search == "random" else cfg.tune.num_samples
-        search = _searcher(cfg, trials, concurrent)
-        tuner = tune.Tuner(
-            trainable,
-            param_space={k: _domain(d) for k, d in dists.items()},
-            tune_config=tune.TuneConfig(
-                metric=METRIC,
-                mode="max",
-                scheduler=scheduler(cfg, num_trials, exp_uri, search, concurrent),
-                search_alg=search,
-                num_samples=num_trials,
-            ),
-            run_config=tune.RunConfig(
-                name=cfg.storage.name,
-                storage_path=storage.resolve(cfg.storage.path, endpoint)[1],
-                storage_filesystem=fs,
-            ),
-        )
-    grid = tuner.fit()
+    # Unless verbose, ProgressPrinter replaces Tune's console: its tables (the new output engine prints
+    # some at every verbosity, the old one none at 0) and its whole traceback of every failed trial.
+    quiet = {} if verbose else {"RAY_AIR_NEW_OUTPUT": "0", TUNE_ERRORS: os.environ.get(TUNE_ERRORS, "0")}
+    with Relay() as relay, environment(quiet):
+        fs, exp_path = storage.resolve(exp_uri, endpoint)
+        shared = {"base": cfg.to_dict(), "data": ray.put(splits), "experiment": exp_uri, "sink": relay.sink}
+        trainable = tune.with_resources(tune.with_parameters(trial, shared=shared), TRIAL_DRIVER_RESOURCES)
+        if resumed and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+            print(f"resuming experiment {exp_uri}: finished trials are kept, unfinished ones continue", flush=True)
+            tuner = tune.Tuner.restore(exp_path, trainable, resume_errored=True, storage_filesystem=fs)
+        else:
+            storage.write_bytes(storage.join(exp_uri, EXPERIMENT_CONFIG), cfg.to_yaml().encode(), endpoint)
+            concurrent = max_concurrent_trials(cfg)
+            num_trials = len(trials) if cfg.tune.search == "random" else cfg.tune.num_samples
+            search = _searcher(cfg, trials, concurrent)
+            tuner = tune.Tuner(
+                trainable,
+                param_space={k: _domain(d) for k, d in dists.items()},
+                tune_config=tune.TuneConfig(
+                    metric=METRIC,
+                    mode="max",
+                    scheduler=scheduler(cfg, num_trials, exp_uri, search, concurrent),
+                    search_alg=search,
+                    num_samples=num_trials,
+                ),
+                run_config=tune.RunConfig(
+                    name=cfg.storage.name,
+                    storage_path=storage.resolve(cfg.storage.path, endpoint)[1],
+                    storage_filesystem=fs,
+                    verbose=1 if verbose else 0,
+                    callbacks=[ProgressPrinter(cfg.train.epochs, cfg.tune.scheduler, list(dists), cfg.storage.path)],
+                ),
+            )
+        grid = tuner.fit()
 
     table = results_table(grid, cfg, dists)
     if not table.num_rows or table["best_val_acc"][0].as_py() != table["best_val_acc"][0].as_py():

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,8 @@ def run_job(
         timeout=timeout,
         cwd=cwd or ROOT,
     )
+
+
+def ray_started(output: str) -> bool:
+    """Whether a job's output says it started or joined Ray (ours, or Ray's own INFO line with --verbose)."""
+    return re.search(r"(?i)started a local Ray|joined the Ray cluster", output) is not None

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_job
+from conftest import ray_started, run_job
 
 from lstmclf.checkpoint import save_checkpoint
 from lstmclf.config import Config
@@ -31,7 +31,7 @@ def test_train_job_rejects_bad_input_before_ray_starts(tmp_path, args, message):
     assert res.returncode == 2
     assert res.stderr.strip() == res.stderr.strip().splitlines()[-1]  # exactly one line
     assert res.stderr.startswith(message), res.stderr
-    assert "Started a local Ray" not in res.stdout + res.stderr
+    assert not ray_started(res.stdout + res.stderr)
     assert not (tmp_path / "runs").exists()
 
 

@@ -46,7 +46,7 @@ def s3_config(s3, data, name, **extra):
 @pytest.fixture(scope="module")
 def trained(ray_cluster, s3, s3_data):
     cfg = s3_config(s3, s3_data, "ddp")
-    return cfg, lstm_train.fit(cfg, verbose=False)
+    return cfg, lstm_train.fit(cfg, progress=False)
 
 
 def test_checkpoints_metrics_and_results_land_in_the_bucket(s3, trained):

@@ -1,7 +1,7 @@
 """Search spaces: checked and sampled before any trial, with one clear line per mistake."""
 
 import pytest
-from conftest import run_job
+from conftest import ray_started, run_job
 
 from lstmclf import space
 from lstmclf.config import PRESET_SPACE, Config, load_config
@@ -76,7 +76,7 @@ def test_tune_job_rejects_a_bad_space_before_ray_starts(tmp_path):
     res = run_job(
         "tune.py", "--storage", str(tmp_path), "--set", "tune.space.model.lstm_layer={randint: [1, 3]}", timeout=120
     )
-    assert res.returncode == 2 and "Started a local Ray" not in res.stdout + res.stderr
+    assert res.returncode == 2 and not ray_started(res.stdout + res.stderr)
     assert res.stderr == (
         "error: tune.space: unknown config key 'model.lstm_layer' (did you mean 'model.lstm_layers'?)\n"
     )

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
-from conftest import run_job
+from conftest import ray_started, run_job
 from s3 import ACCESS_KEY, NO_CREDENTIALS, SECRET_KEY, SeaweedFS, free_ports
 
 from lstmclf import records, storage
@@ -127,7 +127,7 @@ def test_train_job_refuses_unusable_storage_before_ray_starts(s3, tmp_path, args
     assert res.returncode == 2, res.stderr[-2000:]
     assert res.stderr.count("\n") == 1 and res.stderr.startswith(message), res.stderr
     assert SECRET_KEY not in res.stdout + res.stderr and ACCESS_KEY not in res.stdout + res.stderr
-    assert "Started a local Ray" not in res.stdout + res.stderr and not (tmp_path / "runs").exists()
+    assert not ray_started(res.stdout + res.stderr) and not (tmp_path / "runs").exists()
 
 
 def raw_dataset(d, n_train=200, n_test=50):

@@ -44,7 +44,7 @@ def epoch_metrics(run_dir):
 @pytest.fixture(scope="module")
 def trained(ray_cluster, tmp_path_factory):
     cfg = Config().override(TINY | {"storage.path": str(tmp_path_factory.mktemp("runs")), "storage.name": "ddp"})
-    return cfg, lstm_train.fit(cfg, verbose=False)
+    return cfg, lstm_train.fit(cfg, progress=False)
 
 
 def test_ddp_run_learns(trained):
@@ -108,13 +108,13 @@ def test_second_fit_resumes_from_the_checkpoint(ray_cluster, tmp_path, monkeypat
     assert first.exists() and not (tmp_path / "resume" / "epoch_0002").exists()
     stamp = first.stat().st_mtime_ns
 
-    out = lstm_train.fit(cfg, splits=splits, verbose=False)  # same storage and name
+    out = lstm_train.fit(cfg, splits=splits, progress=False)  # same storage and name
     assert out.epochs_run == 2 and (tmp_path / "resume" / "epoch_0002" / "checkpoint.pt").exists()
     assert first.stat().st_mtime_ns == stamp  # epoch 1 was not trained (and written) again
     assert load_checkpoint(tmp_path / "resume" / "epoch_0002")["epoch"] == 1
 
     with pytest.raises(ConfigError, match=r"run resume exists with another config \(model.hidden: 32 -> 64\)"):
-        lstm_train.fit(cfg.override({"model.hidden": 64}), splits=splits, verbose=False)
+        lstm_train.fit(cfg.override({"model.hidden": 64}), splits=splits, progress=False)
 
 
 def test_train_job_end_to_end(ray_cluster, tmp_path):

@@ -93,9 +93,11 @@ def terminated_trials(exp: Path) -> int:
 
 
 def test_interrupted_experiment_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path):
+    """Killed and resumed from a directory other than the repo root, with a relative storage path:
+    the checkpoints are where the user asked, and --resume finds them."""
     args = [
         "--storage",
-        str(tmp_path),
+        "exps",
         "--name",
         "resumable",
         "--workers",
@@ -111,11 +113,11 @@ def test_interrupted_experiment_resumes_without_rerunning_finished_trials(ray_cl
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "jobs" / "tune.py"), *args],
         env=env,
-        cwd=ROOT,
+        cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    exp = tmp_path / "resumable"
+    exp = tmp_path / "exps" / "resumable"
     deadline = time.time() + 300
     while terminated_trials(exp) < 1 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.5)
@@ -126,14 +128,14 @@ def test_interrupted_experiment_resumes_without_rerunning_finished_trials(ray_cl
     assert len(finished) == 1
     stamps = {p: p.stat().st_mtime_ns for p in finished[0].rglob("checkpoint.pt")}
 
-    res = run_job("tune.py", "--resume", *args, ray_address=ray_cluster)
+    res = run_job("tune.py", "--resume", *args, ray_address=ray_cluster, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming experiment" in res.stdout
     assert {p: p.stat().st_mtime_ns for p in finished[0].rglob("checkpoint.pt")} == stamps  # not rerun
     table = pq.read_table(exp / "results.parquet").to_pylist()
     assert len(table) == 2 and all(r["status"] == "completed" and r["epochs_run"] == 2 for r in table)
 
-    res = run_job("tune.py", "--resume", *args, "--set", "model.hidden=64", ray_address=ray_cluster)
+    res = run_job("tune.py", "--resume", *args, "--set", "model.hidden=64", ray_address=ray_cluster, cwd=tmp_path)
     assert res.returncode == 2 and "exists with another config (model.hidden: 32 -> 64)" in res.stderr
 
 
