@@ -28,11 +28,11 @@ from pathlib import Path
 from ray.tune.schedulers import TrialScheduler
 
 from lstmclf.config import Config, load_config
-from lstmclf.evaluate import evaluate_checkpoint
+from lstmclf.driver import EXPERIMENT_CONFIG, load_data
+from lstmclf.evaluation import evaluate_checkpoint
 from lstmclf.halving import epochs_run
 from lstmclf.records import read_metrics
-from lstmclf.train import load_data
-from lstmclf.tune import EXPERIMENT_CONFIG, scheduler
+from lstmclf.tuning import make_scheduler
 
 Curves = dict[str, list[tuple[float, float]]]  # trial id -> [(val_acc, epoch_s) for epochs 1..n]
 
@@ -67,7 +67,7 @@ def pick(full: Curves, ran: dict[str, int]) -> dict:
 def replay(full: Curves, epochs: int, grace: int, rf: int, slots: int) -> dict:
     """Ray's ASHA on these curves: epochs run per trial, and `pick`."""
     cfg = Config().override({"train.epochs": epochs, "tune.grace_period": grace, "tune.reduction_factor": rf})
-    sched = scheduler(cfg)
+    sched = make_scheduler(cfg)
     sched.set_search_properties("val_acc", "max")
     pending = list(full)  # trial-id order
     clock: list[tuple[float, str, int]] = []  # (time the epoch ends, trial, epoch)

@@ -7,7 +7,7 @@
 # and LLM stripped) and every dependency of ray[default,train,tune] that machine lacks; mnist/, the four
 # MNIST files. Steps, each under `timeout` and inside one time budget (GPU_SH_BUDGET seconds, default 450):
 #   1. the machine: nvidia-smi, python, torch, versions of the packages Ray leans on
-#   2. unpack the site, check that Ray, Ray Train/Tune, the dashboard's deps and lstmclf.train import and
+#   2. unpack the site, check that Ray, Ray Train/Tune, the dashboard's deps and lstmclf.training import and
 #      that CUDA works (stops here on failure: nothing after it could run)
 #   3. sanity run: jobs/train.py, 1 GPU worker, full MNIST, 2 epochs
 #   4. bench/train_throughput.py --gpu, sized to the time left (from the sanity run's epoch time);
@@ -90,7 +90,7 @@ t0, failed = time.perf_counter(), []
 for name in ("ray", "ray.train", "ray.tune", "ray.dashboard.optional_deps", "ray.util.state", "pydantic",
              "google.protobuf", "google.api_core", "grpc", "aiohttp", "aiohttp_cors", "typing_extensions",
              "jsonschema", "opencensus", "opentelemetry.sdk", "opentelemetry.exporter.prometheus", "pyarrow",
-             "torch", "torchmetrics", "ray.train.torch", "lstmclf.train"):
+             "torch", "torchmetrics", "ray.train.torch", "lstmclf.training"):
     try:
         m = importlib.import_module(name)
     except Exception:
@@ -101,10 +101,10 @@ for name in ("ray", "ray.train", "ray.tune", "ray.dashboard.optional_deps", "ray
     print(f"{name:34s} {getattr(m, '__version__', ''):14s} {getattr(m, '__file__', None)}")
 print(f"imports took {time.perf_counter() - t0:.1f}s")
 try:  # not needed below, and under edit elsewhere: a failure here is reported, not fatal
-    importlib.import_module("lstmclf.tune")
-    print("lstmclf.tune imports")
+    importlib.import_module("lstmclf.tuning")
+    print("lstmclf.tuning imports")
 except Exception as e:
-    print(f"WARNING: lstmclf.tune does not import: {type(e).__name__}: {e}")
+    print(f"WARNING: lstmclf.tuning does not import: {type(e).__name__}: {e}")
 if failed:
     sys.exit(f"FATAL: cannot import {', '.join(failed)}")
 import ray

@@ -208,7 +208,8 @@ def place(name: str, data: str, limit: int = 20000, epochs: int = 3) -> dict:
     import ray
 
     from lstmclf.config import Config
-    from lstmclf.train import fit, load_data
+    from lstmclf.driver import load_data
+    from lstmclf.training import fit
 
     cfg = Config().override(
         {

@@ -31,10 +31,11 @@ import torch
 
 from lstmclf.config import Config
 from lstmclf.data import BatchLoader, to_tensors
+from lstmclf.driver import load_data
 from lstmclf.engine import build_loss, build_optimizer, build_scheduler, place_model, synchronize, train_epoch
-from lstmclf.evaluate import evaluate_checkpoint
+from lstmclf.evaluation import evaluate_checkpoint
 from lstmclf.models import build_model
-from lstmclf.train import fit, load_data
+from lstmclf.training import fit
 
 
 def plain_epochs(cfg: Config, splits, epochs: int, dev: torch.device) -> list[float]:

@@ -22,8 +22,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from lstmclf.config import Config
-from lstmclf.train import load_data
-from lstmclf.tune import run
+from lstmclf.driver import load_data
+from lstmclf.tuning import run_experiment
 
 
 def summarize(rows: list[dict], test_acc: float, wall_s: float | None) -> dict:
@@ -66,7 +66,9 @@ def main() -> None:
         result = {"num_samples": a.num_samples, "epochs": a.epochs, "reduction_factor": a.reduction_factor}
         for scheduler in schedulers:
             t0 = time.perf_counter()
-            out = run(base.override({"tune.scheduler": scheduler, "storage.name": f"bench-{scheduler}"}), splits=splits)
+            out = run_experiment(
+                base.override({"tune.scheduler": scheduler, "storage.name": f"bench-{scheduler}"}), splits=splits
+            )
             result[scheduler] = summarize(out.table.to_pylist(), out.test_metrics["acc"], time.perf_counter() - t0)
     if a.reuse_fifo:
         exp = Path(a.reuse_fifo)

@@ -7,7 +7,7 @@ python jobs/evaluate.py CKPT --data ../shared/data/mnist       # another MNIST-f
 import argparse
 
 from lstmclf.cli import run_main
-from lstmclf.driver import absolute_path
+from lstmclf.paths import absolute_path
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     a = p.parse_args()
     out = absolute_path(a.out, "--out")  # refused here, before any work, if it would be lost
 
-    from lstmclf.evaluate import evaluate_checkpoint, write_report
+    from lstmclf.evaluation import evaluate_checkpoint, write_report
 
     # Only the test files are read, their labels checked against the checkpoint's classes.
     report = evaluate_checkpoint(a.checkpoint, data=a.data or "", endpoint=a.s3_endpoint)

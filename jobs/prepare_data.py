@@ -12,7 +12,7 @@ sha256 of each file. Training from that URI checks every file against it before 
 import argparse
 
 from lstmclf.cli import run_main
-from lstmclf.driver import absolute_path
+from lstmclf.paths import absolute_path
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import argparse
 import json
 
 from lstmclf.cli import run_main
-from lstmclf.driver import absolute_path
+from lstmclf.paths import absolute_path
 
 
 def main() -> None:

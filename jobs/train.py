@@ -18,8 +18,8 @@ def main() -> None:
     a = p.parse_args()
     cfg = config_from_args(a, prefix="train")
 
-    from lstmclf.evaluate import test_line
-    from lstmclf.train import fit  # Ray is imported only once the config is valid
+    from lstmclf.evaluation import test_line
+    from lstmclf.training import fit  # Ray is imported only once the config is valid
 
     out = fit(cfg, verbose=a.verbose)
     print(

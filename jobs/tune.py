@@ -47,12 +47,13 @@ def main() -> None:
     # --resume without a name (from --name or the config) takes the newest experiment under the storage path.
     cfg = config_from_args(a, prefix="tune", preset=SMOKE if a.smoke else None, pick_name=not a.resume)
 
-    from lstmclf.evaluate import test_line
-    from lstmclf.tune import latest_experiment, markdown_table, run  # Ray is imported once the config is valid
+    from lstmclf.driver import latest_experiment
+    from lstmclf.evaluation import test_line
+    from lstmclf.tuning import markdown_table, run_experiment  # Ray is imported once the config is valid
 
     if not cfg.storage.name:
         cfg = cfg.override({"storage.name": latest_experiment(cfg.storage.path, cfg.storage.s3_endpoint)})
-    out = run(cfg, resume=a.resume, verbose=a.verbose)
+    out = run_experiment(cfg, resume=a.resume, verbose=a.verbose)
     best = out.table.slice(0, 1).to_pylist()[0]
     stopped = out.table["status"].to_pylist().count("stopped early")
     print("\n" + markdown_table(out.table))

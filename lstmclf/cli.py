@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 
 from lstmclf.config import Config, load_config
-from lstmclf.driver import absolute_paths
 from lstmclf.errors import LstmclfError
+from lstmclf.paths import absolute_paths
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:

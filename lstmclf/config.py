@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from lstmclf.errors import ConfigError
+from lstmclf.models import catalog  # names only: no torch
 
 AXES = ("rows", "cols", "both")
 POOLS = ("last", "mean", "attention")
@@ -89,10 +90,8 @@ class ModelConfig:
     dropout: float = 0.1  # between LSTM layers and before the classifier
 
     def __post_init__(self) -> None:
-        from lstmclf.models import registry  # lazy: the registry is filled by importing lstmclf.models
-
-        _one_of(self.backbone, "model.backbone", registry.backbone_names())
-        _one_of(self.head, "model.head", registry.head_names())
+        _one_of(self.backbone, "model.backbone", catalog.backbone_names())
+        _one_of(self.head, "model.head", catalog.head_names())
         _one_of(self.axis, "model.axis", AXES)
         _one_of(self.pool, "model.pool", POOLS)
         _require(

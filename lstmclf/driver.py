@@ -1,12 +1,6 @@
-"""The driver side of every job: its paths, Ray's start-up and what reaches the console.
-
-Paths. A relative local path means relative to the directory the user ran the command in, and is
-made absolute here, on the driver, before Ray starts: Tune runs each trial in a working directory
-of its own and Ray Train's workers run in Ray's session directory, where a relative path would
-point somewhere else (checkpoints written under Ray's temporary directory, lost with it). Under
-`ray job submit` the driver itself runs in a temporary copy of the working directory, so a
-relative place to write to is refused there; inputs (data, a config, weights) may be relative to
-that copy, since the driver reads them before anything else does.
+"""The driver side of every job, shared by training, tuning and the jobs built on them: the checks
+that run before Ray starts (storage, data, model, resumes), Ray's start-up, and what reaches the
+console.
 
 Console. Ray forwards every worker's and actor's output to the driver by default: internal
 warnings, C++ log lines, Tune's tables. By default a job prints its own progress instead and Ray's
@@ -25,66 +19,92 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from lstmclf import storage
-from lstmclf.config import Config
-from lstmclf.errors import ConfigError
+from lstmclf.checkpoint import MANIFEST
+from lstmclf.config import Config, check_resumable
+from lstmclf.data import Splits, load_splits
+from lstmclf.errors import ConfigError, DataError
+from lstmclf.models import build_model
 
-# Ray's job supervisor gives a submitted job's entrypoint this variable (dashboard/modules/job/job_supervisor.py).
-JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
-OUTPUTS = ("storage.path", "storage.registry")  # places a job writes to
-INPUTS = ("data.path", "model.pretrained")  # places only the driver reads from before Ray starts
-
-
-def submitted_job() -> bool:
-    """Whether this process is the entrypoint of a job submitted with `ray job submit`."""
-    return JOB_ENV in os.environ
+EXPERIMENT_CONFIG = "lstmclf_experiment.yaml"  # an experiment's base config, to refuse a mismatched resume
 
 
-def absolute_path(value: str, what: str, *, output: bool = True) -> str:
-    """A local path made absolute against the current directory (URIs unchanged); under `ray job
-    submit` a relative place to write to (`output`) is refused with one line naming `what`."""
-    if storage.is_remote(value):
-        return value
-    path = os.path.expanduser(value.removeprefix("file://"))
-    if output and submitted_job() and not os.path.isabs(path):
-        raise ConfigError(
-            f"{what} {value!r} is a relative path: under `ray job submit` it would be written into the job's "
-            "temporary copy of the working directory and lost; give an absolute path that every node sees, "
-            "or s3://…"
-        )
-    return str(Path(path).resolve())
+def load_data(cfg: Config) -> Splits:
+    """Read, validate and split the configured dataset (raises DataError with one clear line)."""
+    d = cfg.data
+    return load_splits(
+        d.path,
+        num_classes=d.num_classes,
+        val_fraction=d.val_fraction,
+        limit_train=d.limit_train,
+        limit_test=d.limit_test,
+        seed=d.seed,
+        endpoint=cfg.storage.s3_endpoint,
+    )
 
 
-def absolute_paths(cfg: Config) -> Config:
-    """`cfg` with every local path made absolute (see `absolute_path`), in its search space too; the
-    bundled sample, unset weights and URIs stay as they are."""
-    values = cfg.to_dict()
-    changes: dict[str, Any] = {}
-    for key in (*OUTPUTS, *INPUTS):
-        section, field = key.split(".")
-        absolute = _absolute_value(key, values[section][field])
-        if absolute != values[section][field]:
-            changes[key] = absolute
-    space = values["tune"]["space"]
-    if isinstance(space, dict) and any(key in space for key in INPUTS):
-        changes["tune.space"] = {k: _absolute_spec(k, spec) if k in INPUTS else spec for k, spec in space.items()}
-    return cfg.override(changes) if changes else cfg
+def check_run(cfg: Config) -> None:
+    """Refuse to resume an existing run under a different recipe (its checkpoints would not fit,
+    and its schedule was planned for other epochs); raises ConfigError naming the differences."""
+    fs, run_dir = storage.resolve(storage.join(cfg.storage.path, cfg.storage.name), cfg.storage.s3_endpoint)
+    entries = storage.list_dir(fs, run_dir)
+    epochs = sorted(e.base_name for e in entries if e.type == storage.DIRECTORY and e.base_name.startswith("epoch_"))
+    # The latest complete checkpoint: one without its manifest was cut off mid-upload and does not count.
+    done = [e for e in epochs if storage.file_info(fs, f"{run_dir}/{e}/{MANIFEST}").type == storage.FILE]
+    if not done:
+        return
+    old = Config.from_dict(yaml.safe_load(storage.read_bytes(fs, f"{run_dir}/{done[-1]}/config.yaml")))
+    check_resumable(old, cfg, "run")
 
 
-def _absolute_value(key: str, value: Any) -> Any:
-    if not isinstance(value, str) or not value or (key == "data.path" and value == "sample"):
-        return value
-    return absolute_path(value, key, output=key in OUTPUTS)
+def preflight(cfg: Config, splits: Splits | None = None) -> Splits:
+    """What can fail before Ray starts, cheapest first: the storage (one request), the data (read,
+    validated, split), the model (built once: bad pretrained weights fail here, not on every
+    worker), and whether every worker gets samples. Returns the data."""
+    storage.check(cfg.storage.path, cfg.storage.s3_endpoint)  # no credentials, bad endpoint, missing bucket
+    splits = splits if splits is not None else load_data(cfg)
+    build_model(cfg.model, splits.num_classes, splits.image_shape)
+    workers = cfg.scaling.num_workers
+    for part in ("train", "val"):
+        if len(getattr(splits, part)) < workers:
+            raise DataError(f"{len(getattr(splits, part))} {part} images cannot be shared by {workers} workers")
+    return splits
 
 
-def _absolute_spec(key: str, spec: Any) -> Any:
-    """A search-space entry (a constant, or {choice: [...]} / {grid: [...]}) with its paths made absolute."""
-    if isinstance(spec, dict):
-        return {
-            kind: [_absolute_value(key, v) for v in args] if isinstance(args, list) else args
-            for kind, args in spec.items()
-        }
-    return _absolute_value(key, spec)
+def read_experiment_config(exp_uri: str, endpoint: str = "") -> Config | None:
+    """The base config an experiment was started with, or None if there is no experiment there."""
+    fs, path = storage.resolve(storage.join(exp_uri, EXPERIMENT_CONFIG), endpoint)
+    if not storage.exists(fs, path):
+        return None
+    return Config.from_dict(yaml.safe_load(storage.read_bytes(fs, path)))
+
+
+def check_experiment(cfg: Config, exp_uri: str, resume: bool) -> bool:
+    """True if the experiment exists (and so resumes); refuses a resume under another config."""
+    old = read_experiment_config(exp_uri, cfg.storage.s3_endpoint)
+    if old is None:
+        if resume:
+            raise ConfigError(f"no experiment to resume at {exp_uri}")
+        return False
+    check_resumable(old, cfg, "experiment")
+    return True
+
+
+def latest_experiment(storage_uri: str, endpoint: str = "") -> str:
+    """Name of the most recently started experiment under a storage path (for `--resume`)."""
+    storage.check(storage_uri, endpoint)
+    fs, root = storage.resolve(storage_uri, endpoint)
+    started = []
+    for entry in storage.list_dir(fs, root):
+        if entry.type == storage.DIRECTORY:
+            info = storage.file_info(fs, f"{root}/{entry.base_name}/{EXPERIMENT_CONFIG}")
+            if info.type == storage.FILE:
+                started.append((info.mtime, entry.base_name))
+    if not started:
+        raise ConfigError(f"no experiment to resume under {storage_uri}")
+    return max(started)[1]
 
 
 def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:

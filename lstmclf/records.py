@@ -18,7 +18,6 @@ from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lstmclf import storage
@@ -58,15 +57,20 @@ def write_record(
 
 
 def read_metrics(table_uri: str, endpoint: str = "") -> pa.Table:
-    """The whole table, sorted by trial and epoch (empty if nothing was recorded yet)."""
+    """The whole table, sorted by trial and epoch (empty if nothing was recorded yet); the read is
+    retried on transient storage errors."""
     fs, path = storage.resolve(table_uri, endpoint)
-    try:
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
-            return pa.table({"trial_id": pa.array([], pa.string()), "epoch": pa.array([], pa.int64())})
+    if not storage.exists(fs, path):
+        return pa.table({"trial_id": pa.array([], pa.string()), "epoch": pa.array([], pa.int64())})
+
+    def read() -> pa.Table:
         dataset = ds.dataset(path, filesystem=fs, format="parquet")
         # Trials of one experiment may differ in columns or in int/float: read them all as one schema.
         schema = pa.unify_schemas([f.physical_schema for f in dataset.get_fragments()], promote_options="permissive")
-        table = ds.dataset(path, filesystem=fs, format="parquet", schema=schema).to_table()
+        return ds.dataset(path, filesystem=fs, format="parquet", schema=schema).to_table()
+
+    try:
+        table = storage.retry(read, f"reading the metrics table {table_uri}")
     except OSError as e:
         raise StorageError(f"cannot read the metrics table {table_uri}: {storage.redact(str(e))}") from None
     return table.sort_by([("trial_id", "ascending"), ("epoch", "ascending")])

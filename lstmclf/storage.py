@@ -351,6 +351,29 @@ def upload_dir(local_dir: str | Path, fs: pafs.FileSystem, dest: str, *, last: I
     return names
 
 
+FILE, DIRECTORY, NOT_FOUND = pafs.FileType.File, pafs.FileType.Directory, pafs.FileType.NotFound
+
+
+def file_info(fs: pafs.FileSystem, path: str) -> pafs.FileInfo:
+    """What is at `path` (`.type` is FILE, DIRECTORY or NOT_FOUND; `.mtime`), retried on transient errors."""
+    try:
+        return retry(lambda: fs.get_file_info(path), f"looking up {path}")
+    except OSError as e:
+        raise StorageError(f"cannot look up {path}: {redact(str(e))}") from None
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    return file_info(fs, path).type != NOT_FOUND
+
+
+def list_dir(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    """The entries directly under a directory (or prefix), files and directories; [] if there is none."""
+    try:
+        return retry(lambda: fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)), f"listing {path}")
+    except OSError as e:
+        raise StorageError(f"cannot list {path}: {redact(str(e))}") from None
+
+
 def list_files(fs: pafs.FileSystem, path: str) -> list[str]:
     """Base names of the plain files directly under a directory (or prefix)."""
     try:

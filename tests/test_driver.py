@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from lstmclf.config import Config
-from lstmclf.driver import JOB_ENV, absolute_path, absolute_paths
 from lstmclf.errors import ConfigError
+from lstmclf.paths import JOB_ENV, absolute_path, absolute_paths
 
 
 def test_relative_paths_become_absolute_against_the_current_directory(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from torch import nn
 
 from lstmclf.config import AXES, POOLS, ModelConfig
 from lstmclf.errors import CheckpointError, ConfigError
-from lstmclf.models import Classifier, backbone_names, build_backbone, build_model, head_names, registry
+from lstmclf.models import Classifier, backbone_names, build_backbone, build_model, catalog, head_names
 
 # Read at collection time, so a newly registered backbone or head is covered without editing this file.
 PAIRS = [(b, h) for b in backbone_names() for h in head_names() if (b, h) != ("none", "linear")]
@@ -129,20 +129,21 @@ def test_lstm_runs_in_fp32_under_bf16_autocast() -> None:
 
 def test_duplicate_registration_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="already registered"):
-        registry.register_backbone("small")(lambda cfg, c: nn.Identity())
+        catalog.register_backbone("small")(lambda cfg, c: nn.Identity())
     with pytest.raises(ValueError, match="already registered"):
-        registry.register_head("lstm")(lambda cfg, shape, n: nn.Identity())
+        catalog.register_head("lstm")(lambda cfg, shape, n: nn.Identity())
     # A new name works once, then refuses a second registration; the real tables stay untouched.
-    monkeypatch.setattr(registry, "_BACKBONES", dict(registry._BACKBONES))
-    registry.register_backbone("test_only")(lambda cfg, c: nn.Identity())
-    assert "test_only" in registry.backbone_names()
+    monkeypatch.setattr(catalog, "_BACKBONES", dict(catalog._BACKBONES))
+    catalog.register_backbone("test_only")(lambda cfg, c: nn.Identity())
+    assert "test_only" in catalog.backbone_names()
     with pytest.raises(ValueError, match="test_only"):
-        registry.register_backbone("test_only")(lambda cfg, c: nn.Identity())
+        catalog.register_backbone("test_only")(lambda cfg, c: nn.Identity())
 
 
-def test_registry_names_are_what_config_accepts() -> None:
-    assert {"small", "vgg", "resnet", "none"} <= set(backbone_names())
-    assert {"linear", "lstm"} <= set(head_names())
+def test_catalog_names_are_what_config_accepts() -> None:
+    build_model(ModelConfig(), 10, (1, 28, 28))  # the built-in modules have registered themselves
+    assert backbone_names() == catalog.BUILTIN_BACKBONES == tuple(catalog._BACKBONES)  # the torch-free list agrees
+    assert head_names() == catalog.BUILTIN_HEADS == tuple(catalog._HEADS)
     for b in backbone_names():
         assert ModelConfig(backbone=b, head="lstm").backbone == b
     for h in head_names():
@@ -263,9 +264,20 @@ def test_pretrained_on_identity_backbone_raises(tmp_path: Path) -> None:
         build_model(ModelConfig(backbone="none", pretrained=str(path)), 10, (1, 28, 28))
 
 
+def test_a_config_is_checked_without_torch() -> None:
+    """A typo in --set costs no torch import: the jobs' flags and the config load torch-free."""
+    code = (
+        "import sys, lstmclf.cli, lstmclf.config; "
+        "lstmclf.config.Config.from_dict({'model': {'backbone': 'resnet', 'head': 'linear'}}); "
+        "print('torch' in sys.modules, 'ray' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
 def test_models_and_data_never_import_ray() -> None:
     code = (
-        "import sys, lstmclf.models, lstmclf.config, lstmclf.data, lstmclf.evaluate, lstmclf.registry, "
+        "import sys, lstmclf.models, lstmclf.config, lstmclf.data, lstmclf.evaluation, lstmclf.registry, "
         "lstmclf.space; lstmclf.config.ModelConfig(); print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

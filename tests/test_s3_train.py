@@ -1,6 +1,7 @@
 """Ray Train on object storage: test_train.py's scenarios against a real S3 server (SeaweedFS),
 with the data read from the bucket, and a run that rides through the server going down."""
 
+import functools
 import json
 import sys
 import threading
@@ -16,11 +17,12 @@ from conftest import run_job
 from s3 import ACCESS_KEY, SECRET_KEY, SeaweedFS
 from test_train import TINY, crash_after_first_report
 
-from lstmclf import records
-from lstmclf import train as lstm_train
+from lstmclf import records, training, worker
 from lstmclf.checkpoint import checkpoint_files, load_checkpoint
 from lstmclf.config import Config
 from lstmclf.data import prepare_dataset
+from lstmclf.driver import load_data
+from lstmclf.paths import absolute_paths
 
 pytestmark = pytest.mark.slow
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -46,7 +48,7 @@ def s3_config(s3, data, name, **extra):
 @pytest.fixture(scope="module")
 def trained(ray_cluster, s3, s3_data):
     cfg = s3_config(s3, s3_data, "ddp")
-    return cfg, lstm_train.fit(cfg, progress=False)
+    return cfg, training.fit(cfg, progress=False)
 
 
 def test_checkpoints_metrics_and_results_land_in_the_bucket(s3, trained):
@@ -61,7 +63,7 @@ def test_checkpoints_metrics_and_results_land_in_the_bucket(s3, trained):
     summary = json.loads(s3.get(f"{run}/summary.json"))
     assert summary["best_checkpoint"] == out.best_checkpoint and summary["test"]["acc"] == out.test_metrics["acc"]
     state = load_checkpoint(out.best_checkpoint, s3.endpoint)
-    assert Config.from_dict(state["config"]) == cfg and state["metrics"] == out.best_metrics
+    assert Config.from_dict(state["config"]) == absolute_paths(cfg) and state["metrics"] == out.best_metrics
 
     table = records.read_metrics(f"{run}/metrics", s3.endpoint)
     assert table["epoch"].to_pylist() == [1, 2] and table["trial_id"].to_pylist() == ["ddp", "ddp"]
@@ -82,11 +84,9 @@ def test_a_run_resumes_from_the_bucket(ray_cluster, s3, s3_data):
     """A run dies after epoch 1; jobs/train.py with the same storage and name resumes from the bucket."""
     cfg = s3_config(s3, s3_data, "resume", **{"train.max_failures": 0, "scaling.num_workers": 1})
     run = f"{cfg.storage.path}/resume"
-    recorder = lstm_train.EpochRecorder(f"{run}/metrics", "resume", cfg.to_dict(), s3.endpoint)
+    recorder = worker.EpochRecorder(f"{run}/metrics", "resume", cfg.to_dict(), s3.endpoint)
     with pytest.raises(ray.train.TrainingFailedError, match="injected failure after epoch 1"):
-        lstm_train.make_trainer(
-            cfg, lstm_train.load_data(cfg), callbacks=[recorder], loop=crash_after_first_report
-        ).fit()
+        worker.make_trainer(cfg, load_data(cfg), callbacks=[recorder], report=crash_after_first_report).fit()
     keys = s3.keys(run)
     assert {f"epoch_0001/{f}" for f in CHECKPOINT_FILES} <= set(keys) and not any("epoch_0002" in k for k in keys)
     bucket, prefix = run.removeprefix("s3://").split("/", 1)
@@ -115,20 +115,14 @@ def test_a_run_resumes_from_the_bucket(ray_cluster, s3, s3_data):
     assert records.read_metrics(f"{run}/metrics", s3.endpoint)["epoch"].to_pylist() == [1, 2]
 
 
-def report_and_log(loop_config, marks):
-    """The real loop; every report's start and end go to a local file the test watches."""
-    real_report = ray.train.report
-
-    def report(metrics, **kwargs):
-        log = Path(marks) / "reports.jsonl"
-        with log.open("a") as f:
-            f.write(json.dumps({"epoch": metrics["epoch"], "event": "start", "t": time.time()}) + "\n")
-        real_report(metrics, **kwargs)
-        with log.open("a") as f:
-            f.write(json.dumps({"epoch": metrics["epoch"], "event": "end", "t": time.time()}) + "\n")
-
-    lstm_train.ray.train.report = report
-    lstm_train.train_loop_per_worker(loop_config)
+def report_and_log(marks, metrics, **kwargs):
+    """The loop's report hook: every report's start and end go to a local file the test watches."""
+    log = Path(marks) / "reports.jsonl"
+    with log.open("a") as f:
+        f.write(json.dumps({"epoch": metrics["epoch"], "event": "start", "t": time.time()}) + "\n")
+    ray.train.report(metrics, **kwargs)
+    with log.open("a") as f:
+        f.write(json.dumps({"epoch": metrics["epoch"], "event": "end", "t": time.time()}) + "\n")
 
 
 def wait_for(marks, epoch, event, timeout=300):
@@ -164,9 +158,9 @@ def test_training_rides_through_an_s3_outage(ray_cluster, tmp_path):
         run = "s3://faults/runs/outage"
         marks = tmp_path / "marks"
         marks.mkdir()
-        recorder = lstm_train.EpochRecorder(f"{run}/metrics", "outage", cfg.to_dict(), server.endpoint)
-        trainer = lstm_train.make_trainer(
-            cfg, lstm_train.load_data(cfg), callbacks=[recorder], loop=lambda c: report_and_log(c, str(marks))
+        recorder = worker.EpochRecorder(f"{run}/metrics", "outage", cfg.to_dict(), server.endpoint)
+        trainer = worker.make_trainer(
+            cfg, load_data(cfg), callbacks=[recorder], report=functools.partial(report_and_log, str(marks))
         )
         outcome: dict = {}
 

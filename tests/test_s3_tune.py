@@ -9,8 +9,7 @@ import pytest
 import yaml
 from test_train import TINY
 
-from lstmclf import records
-from lstmclf import tune as lstm_tune
+from lstmclf import records, tuning
 from lstmclf.config import Config
 
 pytestmark = pytest.mark.slow
@@ -38,7 +37,7 @@ def test_experiment_lives_in_the_bucket_and_resumes_from_it(ray_cluster, s3):
             "tune.space": {"optim.lr": {"loguniform": [1e-3, 1e-2]}},
         }
     )
-    out = lstm_tune.run(cfg)
+    out = tuning.run_experiment(cfg)
     assert out.experiment == f"{cfg.storage.path}/asha-s3" and not out.resumed
     rows = out.table.to_pylist()
     assert len(rows) == 2 and "error" not in {r["status"] for r in rows}
@@ -65,6 +64,6 @@ def test_experiment_lives_in_the_bucket_and_resumes_from_it(ray_cluster, s3):
     assert recipe["optim"]["lr"] == pytest.approx(rows[0]["optim.lr"])
 
     stamps = modified(s3, f"{out.experiment}/trials")
-    again = lstm_tune.run(cfg)  # same name: restored from the bucket, finished trials kept
+    again = tuning.run_experiment(cfg)  # same name: restored from the bucket, finished trials kept
     assert again.resumed and sorted(again.table["trial_id"].to_pylist()) == sorted(r["trial_id"] for r in rows)
     assert modified(s3, f"{out.experiment}/trials") == stamps  # nothing trained again

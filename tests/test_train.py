@@ -11,13 +11,14 @@ import ray.train
 import torch
 from conftest import run_job
 
-from lstmclf import records
-from lstmclf import train as lstm_train
+from lstmclf import records, training, worker
 from lstmclf.checkpoint import load_checkpoint, model_from_checkpoint
 from lstmclf.config import Config
 from lstmclf.data import BatchLoader, to_tensors
+from lstmclf.driver import load_data
 from lstmclf.engine import evaluate
 from lstmclf.errors import ConfigError
+from lstmclf.paths import absolute_paths
 
 pytestmark = pytest.mark.slow
 # Workers cannot import this test module: ship its functions (the fault-injecting loop) by value.
@@ -44,7 +45,7 @@ def epoch_metrics(run_dir):
 @pytest.fixture(scope="module")
 def trained(ray_cluster, tmp_path_factory):
     cfg = Config().override(TINY | {"storage.path": str(tmp_path_factory.mktemp("runs")), "storage.name": "ddp"})
-    return cfg, lstm_train.fit(cfg, progress=False)
+    return cfg, training.fit(cfg, progress=False)
 
 
 def test_ddp_run_learns(trained):
@@ -71,9 +72,10 @@ def test_checkpoint_rebuilds_the_model_that_was_validated(trained):
     cfg, out = trained
     state = load_checkpoint(out.best_checkpoint)
     assert not any(k.startswith("module.") for k in state["model"])  # unwrapped, not DDP's
-    assert Config.from_dict(state["config"]) == cfg and state["metrics"] == out.best_metrics
+    assert Config.from_dict(state["config"]) == absolute_paths(cfg)  # the run's config, with its paths made absolute
+    assert state["metrics"] == out.best_metrics
     model, _ = model_from_checkpoint(state)
-    splits = lstm_train.load_data(cfg)
+    splits = load_data(cfg)
     info = state["data"]
     loader = BatchLoader(*to_tensors(splits.val, torch.device("cpu")), 256, mean=info["mean"], std=info["std"])
     again = evaluate(model, loader, info["num_classes"], device=torch.device("cpu"))
@@ -84,16 +86,10 @@ def test_checkpoint_rebuilds_the_model_that_was_validated(trained):
     assert torch.equal(model(x), model2(x))  # identical predictions from two independent loads
 
 
-def crash_after_first_report(loop_config):
-    """Fault injection: the real loop, but the process dies right after epoch 1 is reported."""
-    real_report = ray.train.report
-
-    def report(*args, **kwargs):
-        real_report(*args, **kwargs)
-        raise RuntimeError("injected failure after epoch 1")
-
-    lstm_train.ray.train.report = report
-    lstm_train.train_loop_per_worker(loop_config)
+def crash_after_first_report(*args, **kwargs):
+    """Fault injection through the loop's report hook: epoch 1 is reported, then the worker dies."""
+    ray.train.report(*args, **kwargs)
+    raise RuntimeError("injected failure after epoch 1")
 
 
 def test_second_fit_resumes_from_the_checkpoint(ray_cluster, tmp_path, monkeypatch):
@@ -101,20 +97,20 @@ def test_second_fit_resumes_from_the_checkpoint(ray_cluster, tmp_path, monkeypat
         TINY
         | {"storage.path": str(tmp_path), "storage.name": "resume", "train.max_failures": 0, "scaling.num_workers": 1}
     )
-    splits = lstm_train.load_data(cfg)
+    splits = load_data(cfg)
     with pytest.raises(ray.train.TrainingFailedError, match="injected failure after epoch 1"):
-        lstm_train.make_trainer(cfg, splits, loop=crash_after_first_report).fit()
+        worker.make_trainer(cfg, splits, report=crash_after_first_report).fit()
     first = tmp_path / "resume" / "epoch_0001" / "checkpoint.pt"
     assert first.exists() and not (tmp_path / "resume" / "epoch_0002").exists()
     stamp = first.stat().st_mtime_ns
 
-    out = lstm_train.fit(cfg, splits=splits, progress=False)  # same storage and name
+    out = training.fit(cfg, splits=splits, progress=False)  # same storage and name
     assert out.epochs_run == 2 and (tmp_path / "resume" / "epoch_0002" / "checkpoint.pt").exists()
     assert first.stat().st_mtime_ns == stamp  # epoch 1 was not trained (and written) again
     assert load_checkpoint(tmp_path / "resume" / "epoch_0002")["epoch"] == 1
 
     with pytest.raises(ConfigError, match=r"run resume exists with another config \(model.hidden: 32 -> 64\)"):
-        lstm_train.fit(cfg.override({"model.hidden": 64}), splits=splits, progress=False)
+        training.fit(cfg.override({"model.hidden": 64}), splits=splits, progress=False)
 
 
 def test_train_job_end_to_end(ray_cluster, tmp_path):

@@ -14,7 +14,7 @@ from conftest import ROOT, run_job
 from ray.util.state import list_placement_groups
 from test_train import TINY
 
-from lstmclf import tune as lstm_tune
+from lstmclf import tuning
 from lstmclf.config import Config
 from lstmclf.records import read_metrics
 
@@ -35,8 +35,8 @@ def test_asha_stops_trials_and_later_trials_still_run(ray_cluster, tmp_path):
             "tune.space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}, "model.lstm_layers": {"randint": [1, 3]}},
         }
     )
-    assert lstm_tune.max_concurrent_trials(cfg) == 2  # 4 CPUs / (2 workers x 1 CPU): fewer than the 6 trials
-    out = lstm_tune.run(cfg)
+    assert tuning.max_concurrent_trials(cfg) == 2  # 4 CPUs / (2 workers x 1 CPU): fewer than the 6 trials
+    out = tuning.run_experiment(cfg)
     rows = out.table.to_pylist()
     statuses = [r["status"] for r in rows]
     assert len(rows) == 6 and "error" not in statuses
@@ -153,7 +153,7 @@ def test_optuna_search(ray_cluster, tmp_path):
             "data.limit_train": 600,
         }
     )
-    out = lstm_tune.run(cfg)
+    out = tuning.run_experiment(cfg)
     lrs = out.table.column("optim.lr").to_pylist()
     assert len(set(lrs)) == 2 and all(1e-3 <= lr <= 1e-2 for lr in lrs)
 
@@ -175,7 +175,7 @@ def test_sync_halving_pauses_trials_at_the_rung_and_resumes_the_best(ray_cluster
             "tune.space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}},
         }
     )
-    out = lstm_tune.run(cfg)
+    out = tuning.run_experiment(cfg)
     rows = {r["trial_id"]: r for r in out.table.to_pylist()}
     assert sorted(r["epochs_run"] for r in rows.values()) == [1, 1, 2, 2]  # 6 of the 8 full-budget epochs
     assert {r["status"] for r in rows.values() if r["epochs_run"] == 1} == {"stopped early"}

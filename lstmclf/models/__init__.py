@@ -1,20 +1,15 @@
 """The model family: a registered backbone followed by a registered head, as plain PyTorch.
 
-Free of Ray and of the training loop, so a checkpoint's config alone rebuilds its model.
+Free of Ray and of the training loop, so a checkpoint's config alone rebuilds its model. The
+names (`lstmclf.models.catalog`) load without torch, so a config is checked without it; the
+torch-backed parts load on first use.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-import torch
-from torch import nn
-
-from lstmclf.models.backbones import build_backbone
-from lstmclf.models.registry import backbone_names, get_head, head_names, register_backbone, register_head
-
-if TYPE_CHECKING:
-    from lstmclf.config import ModelConfig
+from lstmclf.models.catalog import backbone_names, head_names, register_backbone, register_head
 
 __all__ = [
     "Classifier",
@@ -27,36 +22,13 @@ __all__ = [
 ]
 
 
-class Classifier(nn.Module):
-    """backbone (B, C_in, H, W) -> (B, C, h, w), then head -> logits (B, num_classes)."""
+def __getattr__(name: str) -> Any:  # PEP 562: torch is imported when a model is first built
+    if name in ("Classifier", "build_model"):
+        from lstmclf.models import classifier
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, feat_shape: tuple[int, int, int]) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.feat_shape = feat_shape  # (C, h, w) the head was built for
+        return getattr(classifier, name)
+    if name == "build_backbone":
+        from lstmclf.models.backbones import build_backbone
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-
-def build_model(cfg: ModelConfig, num_classes: int, in_shape: tuple[int, int, int]) -> Classifier:
-    """Compose cfg.backbone and cfg.head for images of shape in_shape = (C, H, W).
-
-    The head's sizes (the LSTM's input width, the sequence length) follow from one dry
-    forward of the backbone, so any registered backbone works with any image size.
-    """
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    c, h, w = in_shape
-    backbone = build_backbone(cfg, c)
-    was_training = backbone.training
-    backbone.eval()  # eval: BN must not update its running stats from zeros (nor need B > 1)
-    with torch.no_grad():
-        feat = backbone(torch.zeros(1, c, h, w))  # (1, C, h', w')
-    backbone.train(was_training)
-    if feat.dim() != 4:
-        raise ValueError(f"backbone {cfg.backbone!r} returned shape {tuple(feat.shape)}, expected (B, C, h, w)")
-    feat_shape = (int(feat.shape[1]), int(feat.shape[2]), int(feat.shape[3]))
-    head = get_head(cfg.head)(cfg, feat_shape, num_classes)
-    return Classifier(backbone, head, feat_shape)
+        return build_backbone
+    raise AttributeError(f"module 'lstmclf.models' has no attribute {name!r}")

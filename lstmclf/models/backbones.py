@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lstmclf.errors import CheckpointError
-from lstmclf.models.registry import get_backbone, register_backbone
+from lstmclf.models.catalog import get_backbone, register_backbone
 
 if TYPE_CHECKING:
     from lstmclf.config import ModelConfig

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from lstmclf.models.registry import register_head
+from lstmclf.models.catalog import register_head
 
 if TYPE_CHECKING:
     from lstmclf.config import ModelConfig

@@ -1,4 +1,5 @@
-"""Ray Train wiring: the per-worker loop (DDP) and the TorchTrainer that runs it.
+"""Ray Train wiring, the part that runs on the cluster: the per-worker loop (DDP), the callbacks on
+Ray Train's controller, and the TorchTrainer that runs them.
 
 Data is read and validated once, on the driver, and handed to the workers through the object
 store; each worker keeps the training split in memory on its device (MNIST-sized data) and takes
@@ -9,48 +10,29 @@ and name) resumes from the latest one via `ray.train.get_checkpoint()`.
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.fs as pafs
 import ray
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-import yaml
 
 from lstmclf import records, storage
-from lstmclf.checkpoint import MANIFEST, load_checkpoint, save_checkpoint, upload_checkpoint
-from lstmclf.config import Config, check_resumable
-from lstmclf.data import BatchLoader, Splits, load_splits, to_tensors
-from lstmclf.driver import Relay, absolute_paths, init_ray, send
+from lstmclf.checkpoint import load_checkpoint, save_checkpoint, upload_checkpoint
+from lstmclf.config import Config
+from lstmclf.data import BatchLoader, Splits, to_tensors
+from lstmclf.driver import send
 from lstmclf.engine import build_loss, build_optimizer, build_scheduler, evaluate, place_model, synchronize, train_epoch
-from lstmclf.errors import DataError, StorageError
-from lstmclf.evaluate import evaluate_checkpoint, headline
+from lstmclf.errors import StorageError
 from lstmclf.models import build_model
 
 METRIC = "val_acc"  # what "best" means for checkpoints, ASHA and the results table
-
-
-def load_data(cfg: Config) -> Splits:
-    """Read, validate and split the configured dataset (raises DataError with one clear line)."""
-    d = cfg.data
-    return load_splits(
-        d.path,
-        num_classes=d.num_classes,
-        val_fraction=d.val_fraction,
-        limit_train=d.limit_train,
-        limit_test=d.limit_test,
-        seed=d.seed,
-        endpoint=cfg.storage.s3_endpoint,
-    )
 
 
 def data_info(splits: Splits) -> dict[str, Any]:
@@ -75,8 +57,11 @@ def quiet_report_log() -> None:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """One DDP worker: build, (resume,) train, validate and report every epoch."""
+    """One DDP worker: build, (resume,) train, validate and report every epoch. `loop_config` holds the
+    config, the data (or its ObjectRef) and, optionally, `report`: a stand-in for `ray.train.report`
+    with its signature (tests inject faults through it)."""
     quiet_report_log()
+    report = loop_config.get("report") or ray.train.report
     cfg = Config.from_dict(loop_config["config"])
     data = loop_config["data"]
     splits: Splits = ray.get(data) if isinstance(data, ray.ObjectRef) else data
@@ -163,7 +148,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     },
                 )
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(
+            report(
                 metrics,
                 checkpoint=checkpoint,
                 checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
@@ -237,17 +222,18 @@ def make_trainer(
     cfg: Config,
     data: Any,
     callbacks: list[ray.train.UserCallback] | None = None,
-    loop: Callable[[dict[str, Any]], None] = train_loop_per_worker,
+    report: Callable[..., None] | None = None,
 ) -> ray.train.torch.TorchTrainer:
-    """A TorchTrainer for one config; `data` is the Splits or an ObjectRef to them."""
+    """A TorchTrainer for one config; `data` is the Splits or an ObjectRef to them; `report` replaces
+    `ray.train.report` in the loop (see `train_loop_per_worker`)."""
     fs, path = storage.resolve(cfg.storage.path, cfg.storage.s3_endpoint)
     sc = cfg.scaling
     resources: dict[str, float] = {"CPU": sc.cpus_per_worker}
     if sc.use_gpu:
         resources["GPU"] = sc.gpus_per_worker
     return ray.train.torch.TorchTrainer(
-        loop,
-        train_loop_config={"config": cfg.to_dict(), "data": data},
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "data": data, "report": report},
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources
         ),
@@ -266,88 +252,3 @@ def make_trainer(
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our epoch lines, not Ray's per-report INFO
         ),
     )
-
-
-def check_resume(cfg: Config) -> None:
-    """Refuse to resume an existing run under a different recipe (its checkpoints would not fit,
-    and its schedule was planned for other epochs); raises ConfigError naming the differences."""
-    fs, run_dir = storage.resolve(storage.join(cfg.storage.path, cfg.storage.name), cfg.storage.s3_endpoint)
-    try:
-        infos = storage.retry(
-            lambda: fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True)), f"listing {run_dir}"
-        )
-    except OSError as e:
-        raise StorageError(f"cannot list {run_dir}: {storage.redact(str(e))}") from None
-    epochs = sorted(
-        i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_")
-    )
-    # The latest complete checkpoint: one without its manifest was cut off mid-upload and does not count.
-    done = [e for e in epochs if fs.get_file_info(f"{run_dir}/{e}/{MANIFEST}").type == pafs.FileType.File]
-    if not done:
-        return
-    old = Config.from_dict(yaml.safe_load(storage.read_bytes(fs, f"{run_dir}/{done[-1]}/config.yaml")))
-    check_resumable(old, cfg, "run")
-
-
-def preflight(cfg: Config, splits: Splits | None = None) -> Splits:
-    """What can fail before Ray starts, cheapest first: the storage (one request), the data (read,
-    validated, split), the model (built once: bad pretrained weights fail here, not on every
-    worker), and whether every worker gets samples. Returns the data."""
-    storage.check(cfg.storage.path, cfg.storage.s3_endpoint)  # no credentials, bad endpoint, missing bucket
-    splits = splits if splits is not None else load_data(cfg)
-    build_model(cfg.model, splits.num_classes, splits.image_shape)
-    workers = cfg.scaling.num_workers
-    for part in ("train", "val"):
-        if len(getattr(splits, part)) < workers:
-            raise DataError(f"{len(getattr(splits, part))} {part} images cannot be shared by {workers} workers")
-    return splits
-
-
-@dataclass(frozen=True)
-class TrainOutcome:
-    run_path: str  # storage URI of the run
-    best_checkpoint: str  # storage URI of the best checkpoint (by val_acc)
-    best_metrics: dict[str, Any]
-    test_metrics: dict[str, Any]
-    epochs_run: int
-
-
-def best_checkpoint(result: ray.train.Result) -> tuple[ray.train.Checkpoint, dict[str, Any]]:
-    """The reported checkpoint with the highest validation accuracy (ties: the later one)."""
-    if not result.best_checkpoints:
-        raise RuntimeError(f"run {result.path} reported no checkpoint")
-    return max(result.best_checkpoints, key=lambda cm: (cm[1][METRIC], cm[1]["epoch"]))
-
-
-def fit(cfg: Config, *, splits: Splits | None = None, progress: bool = True, verbose: bool = False) -> TrainOutcome:
-    """Train one config with Ray Train (starting from its latest checkpoint if the run exists),
-    then evaluate the best checkpoint on the test set and write `summary.json` beside the run.
-    Data, model and resume checks run before Ray is started (or joined). `progress` prints a line
-    per epoch; `verbose` lets Ray's own output through (see `lstmclf.driver`)."""
-    cfg = absolute_paths(cfg)  # Ray's processes run elsewhere: a relative path would point there
-    endpoint = cfg.storage.s3_endpoint
-    splits = preflight(cfg, splits)
-    check_resume(cfg)
-    init_ray(verbose=verbose)  # only now: bad input has failed above without cluster time
-    run_path = storage.join(cfg.storage.path, cfg.storage.name)
-    with Relay() as relay:
-        callbacks: list[ray.train.UserCallback] = [
-            EpochRecorder(storage.join(run_path, "metrics"), cfg.storage.name, cfg.to_dict(), endpoint, relay.sink)
-        ]
-        if progress:
-            callbacks.append(EpochPrinter(cfg.train.epochs, relay.sink))
-        result = make_trainer(cfg, ray.put(splits), callbacks=callbacks).fit()
-    ckpt, best = best_checkpoint(result)
-    uri = storage.to_uri(cfg.storage.path, ckpt.path)
-    test = evaluate_checkpoint(uri, splits.test, endpoint=endpoint)
-    summary = {
-        "run": run_path,
-        "best_checkpoint": uri,
-        "best_epoch": best["epoch"],
-        "best_val": best,
-        "test": headline(test),
-        "epochs_run": result.metrics["epoch"],
-        "config": cfg.to_dict(),
-    }
-    storage.write_bytes(storage.join(run_path, "summary.json"), json.dumps(summary, indent=2).encode(), endpoint)
-    return TrainOutcome(run_path, uri, best, test, result.metrics["epoch"])

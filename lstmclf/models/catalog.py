@@ -1,7 +1,10 @@
-"""Name -> factory tables for backbones and heads, filled by decorators (torchvision/timm style).
+"""Name -> factory tables for backbones and heads (architectures, not trained models: those are in
+`lstmclf.registry`), filled by decorators (torchvision/timm style).
 
-`ModelConfig` validates its names against these tables, and the tests cover every
-registered (backbone, head) pair, so a new model is one decorated function away.
+`ModelConfig` validates its names against these tables, and the tests cover every registered
+(backbone, head) pair, so a new model is one decorated function away. The built-in names are
+listed here too, so that checking a config does not import torch; their modules register them when
+a model is first built (a test checks the two agree).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ BackboneFactory = Callable[["ModelConfig", int], "nn.Module"]
 HeadFactory = Callable[["ModelConfig", tuple[int, int, int], int], "nn.Module"]
 
 F = TypeVar("F", bound=Callable[..., object])
+
+BUILTIN_BACKBONES = ("small", "vgg", "resnet", "none")  # lstmclf.models.backbones
+BUILTIN_HEADS = ("linear", "lstm")  # lstmclf.models.heads
 
 _BACKBONES: dict[str, BackboneFactory] = {}
 _HEADS: dict[str, HeadFactory] = {}
@@ -52,21 +58,19 @@ def register_head(name: str) -> Callable[[F], F]:
 
 
 def _load_builtins() -> None:
-    # Lazy: config.py imports only this module, and the built-in models register themselves on import.
+    # Lazy: config.py imports only this module (no torch); the built-in models register themselves on import.
     for module in ("lstmclf.models.backbones", "lstmclf.models.heads"):
         importlib.import_module(module)
 
 
 def backbone_names() -> tuple[str, ...]:
-    """Registered backbone names, in registration order."""
-    _load_builtins()
-    return tuple(_BACKBONES)
+    """The built-in backbones, then any others registered since."""
+    return tuple(dict.fromkeys((*BUILTIN_BACKBONES, *_BACKBONES)))
 
 
 def head_names() -> tuple[str, ...]:
-    """Registered head names, in registration order."""
-    _load_builtins()
-    return tuple(_HEADS)
+    """The built-in heads, then any others registered since."""
+    return tuple(dict.fromkeys((*BUILTIN_HEADS, *_HEADS)))
 
 
 def get_backbone(name: str) -> BackboneFactory:

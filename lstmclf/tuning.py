@@ -19,29 +19,169 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
-import yaml
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from lstmclf import space, storage
-from lstmclf.config import Config, check_resumable
+from lstmclf.config import Config
 from lstmclf.data import Splits
-from lstmclf.driver import Relay, absolute_paths, environment, init_ray
+from lstmclf.driver import EXPERIMENT_CONFIG, Relay, check_experiment, environment, init_ray, preflight
 from lstmclf.errors import ConfigError
-from lstmclf.evaluate import evaluate_checkpoint, headline
+from lstmclf.evaluation import evaluate_checkpoint, headline
 from lstmclf.halving import SyncHalvingScheduler
-from lstmclf.train import METRIC, EpochRecorder, make_trainer, preflight
+from lstmclf.paths import absolute_paths
+from lstmclf.worker import METRIC, EpochRecorder, make_trainer
 
-EXPERIMENT_CONFIG = "lstmclf_experiment.yaml"  # the experiment's base config, to refuse a mismatched resume
 RECIPE = "best_recipe.yaml"
 TUNE_ERRORS = "TUNE_PRINT_ALL_TRIAL_ERRORS"  # read when an experiment starts; "1": Tune logs each failure whole
 # A trial's driver only supervises its Train run, so it takes no CPU from the workers (a CPU
 # request would stop a 2-worker trial fitting a 2-CPU machine). Ray's docs advise keeping these
 # drivers on a node that is not preempted: the head node, through its built-in resource.
 TRIAL_DRIVER_RESOURCES = {"node:__internal_head__": 0.001}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An experiment checked before Ray starts: its search space and the trials it will run."""
+
+    dists: dict[str, space.Dist]  # searched key -> distribution
+    trials: list[dict[str, Any]]  # every random-search trial's overrides, sampled and validated
+    num_trials: int
+
+
+@dataclass(frozen=True)
+class TuneOutcome:
+    experiment: str  # storage URI of the experiment
+    table: pa.Table  # one row per trial, best first
+    best_recipe: str  # URI of the best trial's config (YAML)
+    best_checkpoint: str
+    test_metrics: dict[str, Any]
+    resumed: bool
+
+
+def run_experiment(
+    cfg: Config, *, resume: bool = False, splits: Splits | None = None, verbose: bool = False
+) -> TuneOutcome:
+    """Run (or resume) the experiment `cfg.storage.name` under `cfg.storage.path`.
+
+    The search space, every sampled trial config, the data and the base model are checked
+    before Ray is started, so bad input costs no cluster time. The console gets a line per
+    trial-epoch and one block per failed trial; `verbose` adds Ray's and Tune's own output."""
+    cfg = absolute_paths(cfg)  # every trial runs in a working directory of its own
+    plan = plan_experiment(cfg)
+    splits = preflight(cfg, splits)
+    exp_uri = storage.join(cfg.storage.path, cfg.storage.name)
+    resumed = check_experiment(cfg, exp_uri, resume)
+    init_ray(verbose=verbose)
+    grid = fit_trials(cfg, plan, splits, exp_uri, resumed=resumed, verbose=verbose)
+    table = results_table(grid, cfg, plan.dists)
+    if not table.num_rows or table["best_val_acc"][0].as_py() != table["best_val_acc"][0].as_py():
+        raise RuntimeError(f"experiment {exp_uri}: no trial reported a result")
+    endpoint = cfg.storage.s3_endpoint
+    write_results(table, exp_uri, endpoint)
+    best = table.slice(0, 1).to_pylist()[0]
+    recipe_uri = write_recipe(cfg, best, plan.dists, exp_uri)
+    test = evaluate_checkpoint(best["checkpoint"], splits.test, endpoint=endpoint)
+    summary = {
+        "experiment": exp_uri,
+        "trials": table.num_rows,
+        "stopped_early": sum(s == "stopped early" for s in table["status"].to_pylist()),
+        "best_trial": best["trial_id"],
+        "best_val_acc": best["best_val_acc"],
+        "best_recipe": recipe_uri,
+        "best_checkpoint": best["checkpoint"],
+        "test": headline(test),
+    }
+    storage.write_bytes(storage.join(exp_uri, "summary.json"), json.dumps(summary, indent=2).encode(), endpoint)
+    return TuneOutcome(exp_uri, table, recipe_uri, best["checkpoint"], test, resumed)
+
+
+def plan_experiment(cfg: Config) -> Plan:
+    """The search space checked against the config's fields, and (random search) every trial's config
+    sampled, seeded by tune.seed, and validated; Optuna's draws are checked when their trials start."""
+    dists = space.parse(cfg.tune.space, cfg)
+    _check_search(cfg, dists)
+    trials = space.sample(cfg, dists, cfg.tune.num_samples, cfg.tune.seed)
+    return Plan(dists, trials, len(trials) if cfg.tune.search == "random" else cfg.tune.num_samples)
+
+
+def fit_trials(
+    cfg: Config, plan: Plan, splits: Splits, exp_uri: str, *, resumed: bool, verbose: bool
+) -> tune.ResultGrid:
+    """Run the trials with Ray Tune (restoring the experiment when it exists) and wait for them all."""
+    # Unless verbose, ProgressPrinter replaces Tune's console: its tables (the new output engine prints
+    # some at every verbosity, the old one none at 0) and its whole traceback of every failed trial.
+    quiet = {} if verbose else {"RAY_AIR_NEW_OUTPUT": "0", TUNE_ERRORS: os.environ.get(TUNE_ERRORS, "0")}
+    with Relay() as relay, environment(quiet):
+        shared = {"base": cfg.to_dict(), "data": ray.put(splits), "experiment": exp_uri, "sink": relay.sink}
+        trainable = tune.with_resources(tune.with_parameters(run_trial, shared=shared), TRIAL_DRIVER_RESOURCES)
+        fs, exp_path = storage.resolve(exp_uri, cfg.storage.s3_endpoint)
+        if resumed and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+            print(f"resuming experiment {exp_uri}: finished trials are kept, unfinished ones continue", flush=True)
+            tuner = tune.Tuner.restore(exp_path, trainable, resume_errored=True, storage_filesystem=fs)
+        else:
+            config_uri = storage.join(exp_uri, EXPERIMENT_CONFIG)
+            storage.write_bytes(config_uri, cfg.to_yaml().encode(), cfg.storage.s3_endpoint)
+            tuner = make_tuner(cfg, plan, trainable, exp_uri, verbose=verbose)
+        return tuner.fit()
+
+
+def make_tuner(cfg: Config, plan: Plan, trainable: Any, exp_uri: str, *, verbose: bool) -> tune.Tuner:
+    """A new experiment's Tuner: the search algorithm (which also caps the trials running at once),
+    the scheduler, and where Tune keeps its state (the experiment's own directory)."""
+    concurrent = max_concurrent_trials(cfg)
+    search = _searcher(cfg, plan.trials, concurrent)
+    fs, root = storage.resolve(cfg.storage.path, cfg.storage.s3_endpoint)
+    return tune.Tuner(
+        trainable,
+        param_space={k: _domain(d) for k, d in plan.dists.items()},
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            scheduler=make_scheduler(cfg, plan.num_trials, exp_uri, search, concurrent),
+            search_alg=search,
+            num_samples=plan.num_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.storage.name,
+            storage_path=root,
+            storage_filesystem=fs,
+            verbose=1 if verbose else 0,
+            callbacks=[ProgressPrinter(cfg.train.epochs, cfg.tune.scheduler, list(plan.dists), cfg.storage.path)],
+        ),
+    )
+
+
+def run_trial(overrides: dict[str, Any], shared: dict[str, Any]) -> None:
+    """One Tune trial (on the head node): a TorchTrainer run of the base config with this trial's overrides."""
+    trial_id = tune.get_context().get_trial_id()
+    cfg = Config.from_dict(shared["base"]).override(
+        {**overrides, "storage.path": storage.join(shared["experiment"], "trials"), "storage.name": trial_id}
+    )
+    table = EpochRecorder(
+        storage.join(shared["experiment"], "metrics"), trial_id, cfg.to_dict(), cfg.storage.s3_endpoint, shared["sink"]
+    )
+    make_trainer(cfg, shared["data"], callbacks=[TuneReportCallback(), table]).fit()
+
+
+def write_results(table: pa.Table, exp_uri: str, endpoint: str) -> None:
+    """The ranked table as results.csv, results.parquet and results.md beside the experiment."""
+    csv, parquet = io.BytesIO(), io.BytesIO()
+    pacsv.write_csv(table, csv)
+    pq.write_table(table, parquet)
+    storage.write_bytes(storage.join(exp_uri, "results.csv"), csv.getvalue(), endpoint)
+    storage.write_bytes(storage.join(exp_uri, "results.parquet"), parquet.getvalue(), endpoint)
+    storage.write_bytes(storage.join(exp_uri, "results.md"), markdown_table(table).encode(), endpoint)
+
+
+def write_recipe(cfg: Config, best: dict[str, Any], dists: dict[str, space.Dist], exp_uri: str) -> str:
+    """The best trial's whole config as a YAML recipe for `jobs/train.py --config`; returns its URI."""
+    recipe = cfg.override({k: best[k] for k in dists} | {"storage.name": ""})
+    uri = storage.join(exp_uri, RECIPE)
+    storage.write_bytes(uri, recipe.to_yaml().encode(), cfg.storage.s3_endpoint)
+    return uri
 
 
 def max_concurrent_trials(cfg: Config) -> int:
@@ -63,18 +203,6 @@ def _domain(d: space.Dist) -> Any:
     if d.kind in ("choice", "grid"):  # grid is expanded up front; the domain only gives Tune the key's shape
         return tune.choice(list(d.args))
     return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[d.kind](*d.args)
-
-
-def trial(overrides: dict[str, Any], shared: dict[str, Any]) -> None:
-    """One Tune trial (on the head node): a TorchTrainer run of the base config with this trial's overrides."""
-    trial_id = tune.get_context().get_trial_id()
-    cfg = Config.from_dict(shared["base"]).override(
-        {**overrides, "storage.path": storage.join(shared["experiment"], "trials"), "storage.name": trial_id}
-    )
-    table = EpochRecorder(
-        storage.join(shared["experiment"], "metrics"), trial_id, cfg.to_dict(), cfg.storage.s3_endpoint, shared["sink"]
-    )
-    make_trainer(cfg, shared["data"], callbacks=[TuneReportCallback(), table]).fit()
 
 
 class ProgressPrinter(tune.Callback):
@@ -164,7 +292,7 @@ def _searcher(cfg: Config, trials: list[dict[str, Any]], max_concurrent: int) ->
     )
 
 
-def scheduler(
+def make_scheduler(
     cfg: Config, num_trials: int = 0, experiment: str = "", search: Any = None, max_concurrent: int = 0
 ) -> Any:
     """The trial scheduler on `epoch` (metric and mode come from TuneConfig): ASHA, FIFO, or
@@ -192,34 +320,6 @@ def scheduler(
     )
 
 
-def _read_experiment_config(uri: str, endpoint: str) -> Config | None:
-    fs, path = storage.resolve(uri, endpoint)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return None
-    return Config.from_dict(yaml.safe_load(storage.read_bytes(fs, path)))
-
-
-def check_experiment(cfg: Config, exp_uri: str, resume: bool) -> bool:
-    """True if the experiment exists (and so resumes); refuses a resume under another config."""
-    old = _read_experiment_config(storage.join(exp_uri, EXPERIMENT_CONFIG), cfg.storage.s3_endpoint)
-    if old is None:
-        if resume:
-            raise ConfigError(f"no experiment to resume at {exp_uri}")
-        return False
-    check_resumable(old, cfg, "experiment")
-    return True
-
-
-@dataclass(frozen=True)
-class TuneOutcome:
-    experiment: str  # storage URI of the experiment
-    table: pa.Table  # one row per trial, best first
-    best_recipe: str  # URI of the best trial's config (YAML)
-    best_checkpoint: str
-    test_metrics: dict[str, Any]
-    resumed: bool
-
-
 def results_table(grid: tune.ResultGrid, cfg: Config, dists: dict[str, space.Dist]) -> pa.Table:
     """One row per trial, ranked by best validation accuracy: its searched values, best epoch,
     epochs run, wall time, status and the checkpoint of its best epoch."""
@@ -229,14 +329,14 @@ def results_table(grid: tune.ResultGrid, cfg: Config, dists: dict[str, space.Dis
         if df is None or METRIC not in df:
             rows.append(
                 {
-                    "trial_id": str(r.metrics.get("trial_id", "")),
+                    "trial_id": str((r.metrics or {}).get("trial_id", "")),
                     "status": "error",
                     "best_val_acc": float("nan"),
                     "best_epoch": 0,
                     "epochs_run": 0,
                     "time_s": 0.0,
                     "checkpoint": "",
-                    **{k: r.config.get(k) for k in dists},
+                    **{k: (r.config or {}).get(k) for k in dists},  # None: the trial died before it started
                 }
             )
             continue
@@ -253,7 +353,7 @@ def results_table(grid: tune.ResultGrid, cfg: Config, dists: dict[str, space.Dis
                 "epochs_run": epochs,
                 "time_s": float(df["time_total_s"].max()),
                 "checkpoint": storage.to_uri(cfg.storage.path, str(best.get(CHECKPOINT_PATH_KEY, ""))),
-                **{k: r.config.get(k) for k in dists},
+                **{k: (r.config or {}).get(k) for k in dists},  # None: the trial died before it started
             }
         )
     rows.sort(key=lambda row: -row["best_val_acc"] if row["best_val_acc"] == row["best_val_acc"] else 1.0)
@@ -276,106 +376,3 @@ def markdown_table(table: pa.Table) -> str:
     for i, row in enumerate(table.to_pylist(), 1):
         lines.append(f"| {i} | " + " | ".join(cell(c, row[c]) for c in shown) + " |")
     return "\n".join(lines) + "\n"
-
-
-def run(cfg: Config, *, resume: bool = False, splits: Splits | None = None, verbose: bool = False) -> TuneOutcome:
-    """Run (or resume) the experiment `cfg.storage.name` under `cfg.storage.path`.
-
-    The search space, every sampled trial config, the data and the base model are checked
-    before Ray is started, so bad input costs no cluster time. The console gets a line per
-    trial-epoch and one block per failed trial; `verbose` adds Ray's and Tune's own output."""
-    cfg = absolute_paths(cfg)  # every trial runs in a working directory of its own
-    dists = space.parse(cfg.tune.space, cfg)
-    _check_search(cfg, dists)
-    trials = space.sample(cfg, dists, cfg.tune.num_samples, cfg.tune.seed)
-    endpoint = cfg.storage.s3_endpoint
-    splits = preflight(cfg, splits)
-    exp_uri = storage.join(cfg.storage.path, cfg.storage.name)
-    resumed = check_experiment(cfg, exp_uri, resume)
-    init_ray(verbose=verbose)
-
-    # Unless verbose, ProgressPrinter replaces Tune's console: its tables (the new output engine prints
-    # some at every verbosity, the old one none at 0) and its whole traceback of every failed trial.
-    quiet = {} if verbose else {"RAY_AIR_NEW_OUTPUT": "0", TUNE_ERRORS: os.environ.get(TUNE_ERRORS, "0")}
-    with Relay() as relay, environment(quiet):
-        fs, exp_path = storage.resolve(exp_uri, endpoint)
-        shared = {"base": cfg.to_dict(), "data": ray.put(splits), "experiment": exp_uri, "sink": relay.sink}
-        trainable = tune.with_resources(tune.with_parameters(trial, shared=shared), TRIAL_DRIVER_RESOURCES)
-        if resumed and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
-            print(f"resuming experiment {exp_uri}: finished trials are kept, unfinished ones continue", flush=True)
-            tuner = tune.Tuner.restore(exp_path, trainable, resume_errored=True, storage_filesystem=fs)
-        else:
-            storage.write_bytes(storage.join(exp_uri, EXPERIMENT_CONFIG), cfg.to_yaml().encode(), endpoint)
-            concurrent = max_concurrent_trials(cfg)
-            num_trials = len(trials) if cfg.tune.search == "random" else cfg.tune.num_samples
-            search = _searcher(cfg, trials, concurrent)
-            tuner = tune.Tuner(
-                trainable,
-                param_space={k: _domain(d) for k, d in dists.items()},
-                tune_config=tune.TuneConfig(
-                    metric=METRIC,
-                    mode="max",
-                    scheduler=scheduler(cfg, num_trials, exp_uri, search, concurrent),
-                    search_alg=search,
-                    num_samples=num_trials,
-                ),
-                run_config=tune.RunConfig(
-                    name=cfg.storage.name,
-                    storage_path=storage.resolve(cfg.storage.path, endpoint)[1],
-                    storage_filesystem=fs,
-                    verbose=1 if verbose else 0,
-                    callbacks=[ProgressPrinter(cfg.train.epochs, cfg.tune.scheduler, list(dists), cfg.storage.path)],
-                ),
-            )
-        grid = tuner.fit()
-
-    table = results_table(grid, cfg, dists)
-    if not table.num_rows or table["best_val_acc"][0].as_py() != table["best_val_acc"][0].as_py():
-        raise RuntimeError(f"experiment {exp_uri}: no trial reported a result")
-    buf = io.BytesIO()
-    pacsv.write_csv(table, buf)
-    storage.write_bytes(storage.join(exp_uri, "results.csv"), buf.getvalue(), endpoint)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.write_bytes(storage.join(exp_uri, "results.parquet"), buf.getvalue(), endpoint)
-    storage.write_bytes(storage.join(exp_uri, "results.md"), markdown_table(table).encode(), endpoint)
-
-    best = table.slice(0, 1).to_pylist()[0]
-    recipe = cfg.override({k: best[k] for k in dists} | {"storage.name": ""})
-    recipe_uri = storage.join(exp_uri, RECIPE)
-    storage.write_bytes(recipe_uri, recipe.to_yaml().encode(), endpoint)
-    test = evaluate_checkpoint(best["checkpoint"], splits.test, endpoint=endpoint)
-    summary = {
-        "experiment": exp_uri,
-        "trials": table.num_rows,
-        "stopped_early": sum(s == "stopped early" for s in table["status"].to_pylist()),
-        "best_trial": best["trial_id"],
-        "best_val_acc": best["best_val_acc"],
-        "best_recipe": recipe_uri,
-        "best_checkpoint": best["checkpoint"],
-        "test": headline(test),
-    }
-    storage.write_bytes(storage.join(exp_uri, "summary.json"), json.dumps(summary, indent=2).encode(), endpoint)
-    return TuneOutcome(exp_uri, table, recipe_uri, best["checkpoint"], test, resumed)
-
-
-def latest_experiment(storage_uri: str, endpoint: str = "") -> str:
-    """Name of the most recently started experiment under a storage path (for `--resume`)."""
-    storage.check(storage_uri, endpoint)
-    fs, root = storage.resolve(storage_uri, endpoint)
-    try:
-        dirs = [
-            i.base_name
-            for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-            if i.type == pafs.FileType.Directory
-        ]
-    except OSError as e:
-        raise ConfigError(f"cannot list experiments under {storage_uri}: {storage.redact(str(e))}") from None
-    started = [
-        (info.mtime, name)
-        for name in dirs
-        if (info := fs.get_file_info(f"{root}/{name}/{EXPERIMENT_CONFIG}")).type == pafs.FileType.File
-    ]
-    if not started:
-        raise ConfigError(f"no experiment to resume under {storage_uri}")
-    return max(started)[1]
