@@ -12,10 +12,15 @@ import argparse
 from lstmclf.cli import add_config_args, config_from_args, run_main
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This job's command line; tests parse the commands written in the README and manifests with it."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
-    cfg = config_from_args(p.parse_args(), prefix="train")
+    return p
+
+
+def main() -> None:
+    cfg = config_from_args(build_parser().parse_args(), prefix="train")
 
     from lstmclf.evaluate import test_line
     from lstmclf.train import fit  # Ray is imported only once the config is valid
