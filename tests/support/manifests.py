@@ -116,12 +116,15 @@ def pod_specs(obj: Obj) -> Iterator[tuple[str, Obj]]:
     yield from walk(obj.get("spec", {}), "spec")
 
 
-def autoscaler_options(obj: Obj) -> Iterator[tuple[str, Obj]]:
-    """The autoscaler sidecar settings of a RayCluster spec, wherever one is (RayJob's included)."""
+def autoscaler_options(obj: Obj) -> Iterator[tuple[str, Obj, Obj]]:
+    """The autoscaler sidecar's settings in a RayCluster spec, wherever one is (a RayJob's included),
+    with the securityContext of the head pod it joins."""
     spec = obj.get("spec", {})
     for path, cluster in (("spec", spec), ("spec.rayClusterSpec", spec.get("rayClusterSpec"))):
         if isinstance(cluster, dict) and cluster.get("enableInTreeAutoscaling"):
-            yield f"{path}.autoscalerOptions", cluster.get("autoscalerOptions") or {}
+            head_pod = cluster.get("headGroupSpec", {}).get("template", {}).get("spec", {})
+            options = cluster.get("autoscalerOptions") or {}
+            yield f"{path}.autoscalerOptions", options, head_pod.get("securityContext") or {}
 
 
 def container_security_errors(where: str, container: Obj, pod_security: Obj) -> list[str]:
@@ -136,8 +139,10 @@ def container_security_errors(where: str, container: Obj, pod_security: Obj) -> 
         errs.append(f"{where}: privileged")
     if not sc.get("runAsNonRoot", pod_security.get("runAsNonRoot")):
         errs.append(f"{where}: runAsNonRoot is not true")
-    if sc.get("runAsUser", pod_security.get("runAsUser")) == 0:
-        errs.append(f"{where}: runs as uid 0")
+    # The image's USER is a name (`ray`): without a numeric uid the kubelet cannot check runAsNonRoot
+    # and refuses to start the container.
+    if not sc.get("runAsUser", pod_security.get("runAsUser")):
+        errs.append(f"{where}: no runAsUser other than 0")
     if (sc.get("seccompProfile") or pod_security.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
         errs.append(f"{where}: seccompProfile is not RuntimeDefault")
     resources = container.get("resources") or {}
@@ -159,8 +164,8 @@ def security_errors(obj: Obj) -> list[str]:
             errs.append(f"{name} {path}: shares the host's namespaces")
         for c in containers(pod):
             errs += container_security_errors(f"{name} {path} container {c.get('name')}", c, pod_security)
-    for path, opts in autoscaler_options(obj):
-        errs += container_security_errors(f"{name} {path}", opts, {})
+    for path, opts, pod_security in autoscaler_options(obj):
+        errs += container_security_errors(f"{name} {path}", opts, pod_security)
     return errs
 
 
