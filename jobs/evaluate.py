@@ -10,7 +10,8 @@ from lstmclf.cli import run_main
 from lstmclf.paths import absolute_path
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This job's command line; tests parse the commands written in the README and manifests with it."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint directory or checkpoint.pt (local path or URI)")
     p.add_argument("--data", help="dataset whose test files are used (default: the checkpoint's own data.path)")
@@ -20,7 +21,11 @@ def main() -> None:
         default="",
         help="S3-compatible endpoint URL for s3:// URIs (default: AWS_ENDPOINT_URL_S3, else AWS)",
     )
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = build_parser().parse_args()
     out = absolute_path(a.out, "--out")  # refused here, before any work, if it would be lost
 
     from lstmclf.evaluation import evaluate_checkpoint, write_report

@@ -15,7 +15,8 @@ from lstmclf.cli import run_main
 from lstmclf.paths import absolute_path
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This job's command line; tests parse the commands written in the README and manifests with it."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="directory (or URI) holding the four IDX files; 'sample' = the bundled sample")
     p.add_argument("dest", help="where to publish them: local directory or s3://bucket/prefix")
@@ -24,7 +25,11 @@ def main() -> None:
     )
     p.add_argument("--num-classes", type=int, default=0, help="expected classes (default: max train label + 1)")
     p.add_argument("--force", action="store_true", help="replace another dataset already at dest")
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = build_parser().parse_args()
 
     from lstmclf.data import prepare_dataset
 

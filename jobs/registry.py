@@ -17,7 +17,8 @@ from lstmclf.cli import run_main
 from lstmclf.paths import absolute_path
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This job's command line; tests parse the commands written in the README and manifests with it."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML or JSON config whose storage.registry / storage.s3_endpoint apply")
     p.add_argument("--registry", help="registry location: local directory or s3://bucket/prefix")
@@ -35,7 +36,11 @@ def main() -> None:
     pro = sub.add_parser("promote", help="make a version the champion")
     pro.add_argument("name")
     pro.add_argument("version")
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = build_parser().parse_args()
 
     from lstmclf.config import load_config
     from lstmclf.registry import Registry

@@ -12,10 +12,15 @@ import argparse
 from lstmclf.cli import add_config_args, config_from_args, run_main
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This job's command line; tests parse the commands written in the README and manifests with it."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = build_parser().parse_args()
     cfg = config_from_args(a, prefix="train")
 
     from lstmclf.evaluation import test_line

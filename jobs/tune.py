@@ -27,7 +27,8 @@ SMOKE = {
 }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This job's command line; tests parse the commands written in the README and manifests with it."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
     p.add_argument("--num-samples", type=int, help="trials drawn from the space (tune.num_samples)")
@@ -40,7 +41,11 @@ def main() -> None:
         help="resume the experiment --name (default: the newest experiment under --storage)",
     )
     p.add_argument("--smoke", action="store_true", help="tiny data, model and trial count: a seconds-long run")
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = build_parser().parse_args()
     for key, flag in (("tune.num_samples", a.num_samples), ("tune.search", a.search)):
         if flag is not None:
             a.set.append(f"{key}={flag}")

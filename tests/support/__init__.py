@@ -1,0 +1,1 @@
+"""Helpers shared by the deployment tests: a real Ray head (`ray_head`), manifest validation (`manifests`)."""
