@@ -44,11 +44,15 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(
-    a: argparse.Namespace, prefix: str = "run", preset: dict | None = None, pick_name: bool = True
+    a: argparse.Namespace,
+    prefix: str = "run",
+    preset: dict | None = None,
+    pick_name: bool = True,
+    writes: tuple[str, ...] = ("storage.path",),
 ) -> Config:
     """Defaults <- --config file <- `preset` <- --set overrides <- shorthand flags; a run name is
     picked from the time if none is set and `pick_name`; local paths made absolute against the
-    current directory (`lstmclf.driver.absolute_paths`)."""
+    current directory (`lstmclf.paths.absolute_paths`; `writes`: the outputs this job writes to)."""
     flags = {
         "data.path": a.data,
         "storage.path": a.storage,
@@ -64,7 +68,7 @@ def config_from_args(
     cfg = load_config(a.config, [*preset_sets, *a.set]).override({k: v for k, v in flags.items() if v is not None})
     if not cfg.storage.name and pick_name:
         cfg = cfg.override({"storage.name": f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"})
-    return absolute_paths(cfg)
+    return absolute_paths(cfg, writes)
 
 
 def run_main(main: Callable[[], object]) -> None:

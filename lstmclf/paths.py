@@ -46,12 +46,16 @@ def absolute_path(value: str, what: str, *, output: bool = True) -> str:
     return str(Path(path).resolve())
 
 
-def absolute_paths(cfg: Config) -> Config:
+def absolute_paths(cfg: Config, writes: tuple[str, ...] = ("storage.path",)) -> Config:
     """`cfg` with every local path made absolute (see `absolute_path`), in its search space too; the
-    bundled sample, unset weights and URIs stay as they are."""
+    bundled sample, unset weights and URIs stay as they are. `writes` names the outputs this job
+    writes to: under `ray job submit` a relative one is refused, and the others are left as they are
+    (the default `storage.registry` of a job that never opens the registry must not stop it)."""
     values = cfg.to_dict()
     changes: dict[str, Any] = {}
     for key in (*OUTPUTS, *INPUTS):
+        if key in OUTPUTS and key not in writes and submitted_job():
+            continue
         section, field = key.split(".")
         absolute = _absolute_value(key, values[section][field])
         if absolute != values[section][field]:

@@ -48,3 +48,6 @@ def test_under_ray_job_submit_a_relative_place_to_write_is_refused(tmp_path, mon
     )
     assert cfg.data.path == str(tmp_path / "data" / "mnist")  # inputs: relative to the job's working directory
     assert os.path.isabs(cfg.storage.path)
+    assert absolute_paths(Config().override({"storage.path": "/shared/runs"})).storage.registry == "registry"
+    with pytest.raises(ConfigError, match=r"storage\.registry 'registry' is a relative path"):  # a job that writes it
+        absolute_paths(Config().override({"storage.path": "/shared/runs"}), writes=("storage.path", "storage.registry"))
