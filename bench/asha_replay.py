@@ -3,7 +3,7 @@
 Training is seeded and deterministic: a trial that ASHA stops after k epochs has exactly the first k
 epochs of the same config's full-budget curve (checked here against a measured ASHA run when one is
 given). So ASHA's decisions for other grace periods, reduction factors and concurrency can be
-replayed without training: Ray's own `ASHAScheduler` (built by `lstmclf.tune.scheduler`) gets each
+replayed without training: Ray's own `ASHAScheduler` (built by `lstmclf.tuning.make_scheduler`) gets each
 trial's recorded `val_acc` per epoch, in the order a simulated clock with `--slots` concurrent trials
 and the recorded `epoch_s` durations delivers them. Trials start in trial-id order, as
 `BasicVariantGenerator` issues them. A replay is computed, not measured: the measured run is the

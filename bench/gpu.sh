@@ -17,7 +17,7 @@
 # How .gpu/ was made (here, x86-64; echo /.gpu/ >> .git/info/exclude):
 #   pip install --dry-run --ignore-installed --report r.json --python-version 3.12 --only-binary=:all:
 #     --platform manylinux_2_28_x86_64 ... --target /tmp/x "ray[default,train,tune]==2.58.0" torchmetrics pyarrow pyyaml
-#   minus what that machine has (KINDS.md's list; Torch's CUDA wheels dropped), plus, overriding its copies,
+#   minus what that machine already has (its image's torch, numpy, etc.; Torch's CUDA wheels dropped), plus, overriding its copies,
 #   typing_extensions 4.16 (pydantic 2.14 needs it), protobuf 7.36 (the google/opentelemetry protos' runtime)
 #   and aiohttp 3.14 with multidict/yarl/propcache/frozenlist/aiosignal/aiohappyeyeballs (ray[default] needs
 #   >= 3.14.1): the versions of .venv; `pip download --no-deps` each, `python3.12 -m pip install --no-deps

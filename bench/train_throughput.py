@@ -8,7 +8,7 @@ plain run, so drift on a shared machine hits both sides. The first epoch of ever
 apart: it also pays for start-up (Ray's processes starting beside it, allocator and cache warm-up).
 
     python bench/train_throughput.py --data ../shared/data/mnist --out bench/out/throughput.json
-    python bench/train_throughput.py --gpu   # both sides on one GPU, as lstmclf.train runs a GPU worker
+    python bench/train_throughput.py --gpu   # both sides on one GPU, as lstmclf.worker runs a GPU worker
 
 With --gpu the plain side places the model as a GPU worker does (`engine.place_model`: channels_last, bf16
 autocast in the train step) and the Ray side runs one worker with `scaling.use_gpu` (NCCL); each epoch's

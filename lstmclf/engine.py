@@ -1,6 +1,6 @@
 """The training step, free of Ray: losses, optimizers, schedules, one epoch, evaluation.
 
-Ray's train loop (lstmclf.train) and the plain-PyTorch baseline in bench/ call the same functions,
+Ray's train loop (lstmclf.worker) and the plain-PyTorch baseline in bench/ call the same functions,
 so a throughput comparison between them measures Ray's overhead and nothing else.
 """
 

@@ -11,7 +11,7 @@ A space maps a key to a Tune distribution, written as in YAML:
 
 Keys must be config fields; bounds and choices are checked against the field's type and range,
 and every sampled trial config is validated as a whole, so a typo or an impossible combination
-is one clear ConfigError before the cluster is used. Plain Python here (no Ray): lstmclf.tune
+is one clear ConfigError before the cluster is used. Plain Python here (no Ray): lstmclf.tuning
 turns the checked space into Tune's domain objects.
 """
 
