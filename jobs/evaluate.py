@@ -7,7 +7,7 @@ python jobs/evaluate.py CKPT --data ../shared/data/mnist       # another MNIST-f
 import argparse
 
 from lstmclf.cli import run_main
-from lstmclf.paths import absolute_path
+from lstmclf.paths import output_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     a = build_parser().parse_args()
-    out = absolute_path(a.out, "--out")  # refused here, before any work, if it would be lost
+    out = output_dir(a.out, "--out")  # refused here, before any work, if it would be lost or is a file
 
     from lstmclf.evaluation import evaluate_checkpoint, write_report
 

@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from lstmclf import space
 from lstmclf.config import Config, load_config
 from lstmclf.errors import LstmclfError
 from lstmclf.paths import absolute_paths
@@ -68,6 +69,7 @@ def config_from_args(
     cfg = load_config(a.config, [*preset_sets, *a.set]).override({k: v for k, v in flags.items() if v is not None})
     if not cfg.storage.name and pick_name:
         cfg = cfg.override({"storage.name": f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"})
+    space.parse(cfg.tune.space, cfg)  # every job checks the whole config, its search space included
     return absolute_paths(cfg, writes)
 
 

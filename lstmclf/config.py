@@ -20,13 +20,14 @@ from typing import Any
 
 import yaml
 
-from lstmclf.errors import ConfigError
+from lstmclf.errors import ConfigError, shown
 from lstmclf.models import catalog  # names only: no torch
 
 AXES = ("rows", "cols", "both")
 POOLS = ("last", "mean", "attention")
 OPTIMIZERS = ("adam", "nadam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
+MAX_NAME_BYTES = 128
 LOSSES = ("cross_entropy", "label_smoothing", "focal")
 
 
@@ -37,7 +38,7 @@ def _require(ok: bool, key: str, msg: str) -> None:
 
 def _one_of(value: str, key: str, allowed: Iterable[str]) -> None:
     allowed = tuple(allowed)
-    _require(value in allowed, key, f"{value!r} is not one of {', '.join(allowed)}")
+    _require(value in allowed, key, f"{shown(value)} is not one of {', '.join(allowed)}")
 
 
 def _no_credentials(uri: str, key: str) -> None:
@@ -188,7 +189,13 @@ class StorageConfig:
         _require(
             "/" not in self.name and self.name not in (".", ".."),
             "storage.name",
-            f"{self.name!r} must be a single path component",
+            f"{shown(self.name)} must be a single path component",
+        )
+        # Ray and Tune build file and directory names from it (a file system allows 255 bytes a name).
+        _require(
+            len(self.name.encode()) <= MAX_NAME_BYTES and self.name.isprintable(),
+            "storage.name",
+            f"{shown(self.name)} must be printable and at most {MAX_NAME_BYTES} bytes",
         )
         _require(bool(self.registry), "storage.registry", "must not be empty")
         for key in ("path", "s3_endpoint", "registry"):
@@ -276,7 +283,7 @@ def check_resumable(old: Config, new: Config, what: str) -> None:
     checkpoints or schedule; one ConfigError line naming the first differences."""
     a, b = old.to_dict(), new.to_dict()
     diff = [
-        f"{s}.{k}: {a[s][k]!r} -> {v!r}"
+        f"{s}.{k}: {shown(a[s][k])} -> {shown(v)}"
         for s in b
         for k, v in b[s].items()
         if v != a[s][k] and not f"{s}.{k}".startswith(RESUMABLE_CHANGES)
@@ -320,8 +327,8 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
 
 def unknown_key(key: str, known: Iterable[str]) -> ConfigError:
     """The error for a key that is not a config field, with the closest field as a hint."""
-    hint = difflib.get_close_matches(key, list(known), n=1)
-    return ConfigError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    hint = difflib.get_close_matches(key, list(known), n=1) if len(key) <= 200 else []
+    return ConfigError(f"unknown config key {shown(key)}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
 
 
 def _build(cls: type, d: Any, prefix: str) -> Any:
@@ -346,7 +353,7 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
 
 def _coerce(value: Any, tp: type, key: str) -> Any:
     """Accept a value of the field's type; strings from the command line are parsed."""
-    bad = ConfigError(f"config value {key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    bad = ConfigError(f"config value {key}: expected {getattr(tp, '__name__', tp)}, got {shown(value)}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -388,22 +395,61 @@ def _coerce(value: Any, tp: type, key: str) -> Any:
     if typing.get_origin(tp) is dict:
         if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
             return copy.deepcopy(dict(value))
-        raise ConfigError(f"config value {key}: expected a mapping, got {value!r}")
+        raise ConfigError(f"config value {key}: expected a mapping, got {shown(value)}")
     raise ConfigError(f"config value {key}: unsupported field type {tp!r}")  # pragma: no cover
 
 
+MAX_YAML_BYTES = 1 << 20  # a config is a few KB; the cap keeps a huge or endless file out of memory
+
+
+class _AliasRefused(yaml.composer.ComposerError):
+    pass
+
+
+class _PlainYaml(yaml.SafeLoader):
+    """Safe YAML without aliases: a few hundred bytes of nested aliases (`&a [*b, *b, ...]`) expand to
+    gigabytes once anything walks the result, as every config is walked and saved."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasRefused(None, None, "alias", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(data: str | bytes, where: str, error: type[Exception] = ConfigError, *, lenient: bool = False) -> Any:
+    """Parse YAML or JSON as plain data: UTF-8, at most MAX_YAML_BYTES, no aliases, no Python objects.
+    Anything else raises `error` with one line that starts with `where` (the file, or the value);
+    `lenient`: text that is simply not YAML comes back as the string it is."""
+    if len(data) > MAX_YAML_BYTES:
+        raise error(f"{where} is {len(data):,} bytes; a config is at most {MAX_YAML_BYTES:,}")
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise error(f"{where} is not UTF-8 text (byte {e.start})") from None
+    try:
+        return yaml.load(data, Loader=_PlainYaml)  # a SafeLoader: plain data only
+    except _AliasRefused as e:
+        raise error(
+            f"{where} line {e.problem_mark.line + 1} holds a YAML alias (*name); aliases are not accepted"
+        ) from None
+    except yaml.YAMLError as e:
+        if lenient:
+            return data
+        mark = getattr(e, "problem_mark", None)
+        raise error(f"{where}{f' line {mark.line + 1}' if mark else ''} is not valid YAML/JSON") from None
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """`["model.lstm_layers=3", "optim.name=adam"]` -> {"model.lstm_layers": 3, ...} (YAML scalars)."""
+    """`["model.lstm_layers=3", "optim.name=adam"]` -> {"model.lstm_layers": 3, ...} (YAML scalars;
+    a value that is not YAML stays a string, and fails the field's type check if it should not be one)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            out[key] = raw
+            raise ConfigError(f"override {shown(item)} must look like section.key=value")
+        out[key] = load_yaml(raw, f"--set {key[:80]}", lenient=True) if raw.strip() else ""
     return out
 
 
@@ -411,15 +457,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON config file into a plain dict (validated later by `Config.from_dict`)."""
     p = Path(path)
     try:
-        text = p.read_text()
+        if p.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"config file {p} is {p.stat().st_size:,} bytes; a config is at most {MAX_YAML_BYTES:,}")
+        raw = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read config file {p}: {e.strerror or e}") from None
-    try:
-        d = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {p}{where} is not valid YAML/JSON") from None
+    d = load_yaml(raw, f"config file {p}")
     if d is None:
         return {}
     if not isinstance(d, dict):

@@ -19,13 +19,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lstmclf import storage
 from lstmclf.checkpoint import MANIFEST
-from lstmclf.config import Config, check_resumable
+from lstmclf.config import Config, check_resumable, load_yaml
 from lstmclf.data import Splits, load_splits
-from lstmclf.errors import ConfigError, DataError
+from lstmclf.errors import CheckpointError, ConfigError, DataError
 from lstmclf.models import build_model
 
 EXPERIMENT_CONFIG = "lstmclf_experiment.yaml"  # an experiment's base config, to refuse a mismatched resume
@@ -55,8 +53,17 @@ def check_run(cfg: Config) -> None:
     done = [e for e in epochs if storage.file_info(fs, f"{run_dir}/{e}/{MANIFEST}").type == storage.FILE]
     if not done:
         return
-    old = Config.from_dict(yaml.safe_load(storage.read_bytes(fs, f"{run_dir}/{done[-1]}/config.yaml")))
-    check_resumable(old, cfg, "run")
+    where = f"checkpoint {storage.to_uri(cfg.storage.path, f'{run_dir}/{done[-1]}')}/config.yaml"
+    check_resumable(saved_config(storage.read_bytes(fs, f"{run_dir}/{done[-1]}/config.yaml"), where), cfg, "run")
+
+
+def saved_config(raw: bytes, where: str) -> Config:
+    """A config saved beside a checkpoint or an experiment, read back; CheckpointError (one line) if it
+    is not one."""
+    try:
+        return Config.from_dict(load_yaml(raw, where, CheckpointError))
+    except ConfigError as e:
+        raise CheckpointError(f"{where} is not a valid config ({e})") from None
 
 
 def preflight(cfg: Config, splits: Splits | None = None) -> Splits:
@@ -78,7 +85,7 @@ def read_experiment_config(exp_uri: str, endpoint: str = "") -> Config | None:
     fs, path = storage.resolve(storage.join(exp_uri, EXPERIMENT_CONFIG), endpoint)
     if not storage.exists(fs, path):
         return None
-    return Config.from_dict(yaml.safe_load(storage.read_bytes(fs, path)))
+    return saved_config(storage.read_bytes(fs, path), storage.to_uri(exp_uri, path))
 
 
 def check_experiment(cfg: Config, exp_uri: str, resume: bool) -> bool:

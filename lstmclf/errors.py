@@ -4,6 +4,8 @@ Jobs catch `LstmclfError`, print its message on one line and exit with status 2,
 so bad input never surfaces as a traceback from deep inside Ray or PyTorch.
 """
 
+import reprlib
+
 
 class LstmclfError(Exception):
     """Base of every error caused by the user's input rather than by a bug."""
@@ -27,3 +29,14 @@ class StorageError(LstmclfError, OSError):
 
 class RegistryError(LstmclfError, ValueError):
     """An unknown model or version, a version that already exists, or a lost promotion race."""
+
+
+def shown(value: object) -> str:
+    """`repr(value)` for an error message, shortened: user input can be megabytes long."""
+    return _REPR.repr(value)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 8
+_REPR.maxlevel = 3

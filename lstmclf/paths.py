@@ -18,7 +18,7 @@ from typing import Any
 
 from lstmclf import storage
 from lstmclf.config import Config
-from lstmclf.errors import ConfigError
+from lstmclf.errors import ConfigError, shown
 
 # Ray's job supervisor gives a submitted job's entrypoint this variable (dashboard/modules/job/job_supervisor.py).
 JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -39,11 +39,20 @@ def absolute_path(value: str, what: str, *, output: bool = True) -> str:
     path = os.path.expanduser(value.removeprefix("file://"))
     if output and submitted_job() and not os.path.isabs(path):
         raise ConfigError(
-            f"{what} {value!r} is a relative path: under `ray job submit` it would be written into the job's "
+            f"{what} {shown(value)} is a relative path: under `ray job submit` it would be written into the job's "
             "temporary copy of the working directory and lost; give an absolute path that every node sees, "
             "or s3://…"
         )
     return str(Path(path).resolve())
+
+
+def output_dir(value: str, what: str) -> str:
+    """A local directory to write into, made absolute (see `absolute_path`); refused with one line if
+    something other than a directory is there."""
+    path = absolute_path(value, what)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{what} {shown(value)} is a file, not a directory")
+    return path
 
 
 def absolute_paths(cfg: Config, writes: tuple[str, ...] = ("storage.path",)) -> Config:

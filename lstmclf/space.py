@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lstmclf.config import Config, ConfigError, dotted_keys, unknown_key
+from lstmclf.errors import shown
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 # Keys a trial may not vary: where results go, the search itself, and the workers (how many trials
@@ -65,7 +66,7 @@ def parse(space: dict[str, Any], base: Config) -> dict[str, Dist]:
             try:
                 base.override({key: value})
             except ConfigError as e:
-                raise ConfigError(f"{where}: value {value!r} is invalid ({e})") from None
+                raise ConfigError(f"{where}: value {shown(value)} is invalid ({e})") from None
     return out
 
 
@@ -73,14 +74,14 @@ def _parse_one(where: str, spec: Any, tp: type) -> Dist:
     if not isinstance(spec, dict):
         return Dist("const", (spec,))
     if len(spec) != 1 or next(iter(spec)) not in KINDS:
-        raise ConfigError(f"{where}: expected one of {', '.join(KINDS)} (e.g. {{choice: [a, b]}}), got {spec!r}")
+        raise ConfigError(f"{where}: expected one of {', '.join(KINDS)} (e.g. {{choice: [a, b]}}), got {shown(spec)}")
     kind, args = next(iter(spec.items()))
     if not isinstance(args, list) or not args:
-        raise ConfigError(f"{where}: {kind} needs a non-empty list, got {args!r}")
+        raise ConfigError(f"{where}: {kind} needs a non-empty list, got {shown(args)}")
     if kind in ("choice", "grid"):
         return Dist(kind, tuple(args))
     if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
-        raise ConfigError(f"{where}: {kind} needs [lower, upper] numbers, got {args!r}")
+        raise ConfigError(f"{where}: {kind} needs [lower, upper] numbers, got {shown(args)}")
     low, high = args
     if kind == "randint":
         if tp is not int or not all(isinstance(a, int) for a in args):

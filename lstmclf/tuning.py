@@ -340,7 +340,8 @@ def results_table(grid: tune.ResultGrid, cfg: Config, dists: dict[str, space.Dis
                 }
             )
             continue
-        best = df.loc[df[METRIC].idxmax()]
+        # Ties go to the later epoch, as in Ray's checkpoint manager: it keeps the later of equal checkpoints.
+        best = df.sort_values([METRIC, "epoch"], kind="stable", na_position="first").iloc[-1]
         epochs = int(df["epoch"].max())
         status = "error" if r.error else ("completed" if epochs >= cfg.train.epochs else "stopped early")
         rows.append(

@@ -2,10 +2,10 @@
 against the plain loop, short A/B runs of Ray settings, the same loop run in different places, and the
 plain loop beside processes that do nothing but wake up as often as Ray's processes do.
 
-    python bench/investigations/ray_overhead.py cpu --data ../shared/data/mnist              # /proc sampling, ~3 min
-    python bench/investigations/ray_overhead.py ab --data ../shared/data/mnist --reps 2      # env variants, ~5 min per rep
-    python bench/investigations/ray_overhead.py where --data ../shared/data/mnist --reps 3   # ~6 min per rep
-    python bench/investigations/ray_overhead.py wakers --data ../shared/data/mnist --reps 6  # ~1.5 min per rep
+    python bench/investigations/ray_overhead.py cpu --data ../shared/data/mnist             # /proc sampling, ~3 min
+    python bench/investigations/ray_overhead.py ab --data ../shared/data/mnist --reps 2     # env variants, ~5 min a rep
+    python bench/investigations/ray_overhead.py where --data ../shared/data/mnist --reps 3  # ~6 min a rep
+    python bench/investigations/ray_overhead.py wakers --data ../shared/data/mnist --reps 6 # ~1.5 min a rep
 
 `cpu` starts `jobs/train.py` (1 worker, 2 CPUs), waits until training is under way and samples every
 thread's CPU time and context switches from /proc for 20 s; then the same for the plain loop alone and

@@ -227,12 +227,28 @@ def prepare_dataset(
 
 
 def class_count(arrays: dict[str, np.ndarray], num_classes: int, name: str) -> int:
-    """The number of classes (`num_classes`, else the largest training label + 1), with the train and
-    test labels checked against it."""
-    n_cls = num_classes or int(arrays["train_labels"].max()) + 1
+    """The number of classes (`num_classes`, else inferred from the training labels, which must then
+    be 0..K-1 with every class present), with the train and test labels checked against it."""
+    n_cls = num_classes or inferred_classes(arrays["train_labels"], f"{name} train labels")
     check_labels(arrays["train_labels"], n_cls, f"{name} train labels")
     check_labels(arrays["test_labels"], n_cls, f"{name} test labels")
     return n_cls
+
+
+def inferred_classes(labels: np.ndarray, name: str) -> int:
+    """K when the labels are exactly 0..K-1, each present; otherwise DataError naming the first label
+    past a gap (a stray label 200 among 0-9 would make a 201-class model with 190 empty classes)."""
+    present = np.unique(labels)
+    if present[-1] + 1 == len(present):
+        return len(present)
+    missing = int(np.flatnonzero(present != np.arange(len(present)))[0])  # sorted: the first class skipped
+    label = int(present[missing])
+    index = int(np.flatnonzero(labels == label)[0])
+    raise DataError(
+        f"{name}: label {label} at index {index} leaves class {missing} without images "
+        f"({int(present[-1]) + 1 - len(present)} empty classes below {int(present[-1]) + 1}); labels must be "
+        "0..K-1 with every class present, or set data.num_classes"
+    )
 
 
 def check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
