@@ -3,16 +3,14 @@
 A checkpoint holds the unwrapped model's state_dict (never DDP's `module.` prefix), optimizer,
 scheduler, epoch, the full config and what the data looked like (classes, shape, normalisation),
 so it rebuilds its exact model without the original config file. `manifest.json` holds the sha256
-of each file: a flipped byte that still unpickles (tensor data is not checksummed by torch.load)
-is refused on load.
+of each file (see `lstmclf.integrity`): a flipped byte that still unpickles (tensor data is not
+checksummed by torch.load) is refused on load.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import pickle
 import zipfile
 from collections.abc import Iterable
@@ -23,7 +21,7 @@ import pyarrow.fs as pafs
 import torch
 import yaml
 
-from lstmclf import storage
+from lstmclf import integrity, storage
 from lstmclf.config import Config
 from lstmclf.errors import CheckpointError, ConfigError, StorageError
 from lstmclf.models import Classifier, build_model
@@ -35,14 +33,9 @@ LISTED = (FILE, "config.yaml", "metrics.json")  # what a manifest may list: plai
 FILES = (*LISTED, MANIFEST)  # every file of a checkpoint
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> None:
     """Write checkpoint.pt, config.yaml, metrics.json and their manifest.json into a local directory."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buf)
     files = {
@@ -50,12 +43,9 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> None:
         "config.yaml": yaml.safe_dump(state["config"], sort_keys=False).encode(),
         "metrics.json": json.dumps(state.get("metrics", {}), indent=2).encode(),
     }
-    for name, data in files.items():
-        (d / name).write_bytes(data)
-    manifest = {"format": FORMAT, "files": {name: sha256(data) for name, data in files.items()}}
-    tmp = d / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, d / MANIFEST)  # written last: a directory without it is not a checkpoint
+    manifest = {"format": FORMAT, "files": {name: integrity.sha256(data) for name, data in files.items()}}
+    # The manifest last: a directory without it is not a checkpoint.
+    integrity.write_last(lambda name, data: storage.write_bytes(str(d / name), data), files, MANIFEST, manifest)
 
 
 def upload_checkpoint(local_dir: str | Path, fs: pafs.FileSystem, dest: str) -> None:
@@ -101,44 +91,35 @@ def _read_checkpoint(uri: str, endpoint: str) -> tuple[dict[str, bytes], str]:
     storage.check(directory_uri, endpoint)
     fs, directory = storage.resolve(directory_uri, endpoint)
     shown = directory_uri if storage.is_remote(directory_uri) else directory  # resolve() drops the scheme
+    m = integrity.Manifest(f"checkpoint {shown}", MANIFEST, CheckpointError, "(tampered or corrupt)", sep="/")
     try:
         raw_manifest = storage.read_bytes(fs, f"{directory}/{MANIFEST}")
-        listed = _listed(raw_manifest, shown)
+        listed = _listed(raw_manifest, m)
         files = {name: storage.read_bytes(fs, f"{directory}/{name}") for name in listed}
     except StorageError as e:
         raise CheckpointError(f"checkpoint {uri}: {e}") from None
-    for name, data in files.items():
-        if sha256(data) != listed[name]:
-            raise CheckpointError(
-                f"checkpoint {shown}/{name} does not match the sha256 in its {MANIFEST} (tampered or corrupt)"
-            )
+    integrity.verify(m, files, listed)
     return {**files, MANIFEST: raw_manifest}, shown
 
 
-def _listed(raw_manifest: bytes, shown: str) -> dict[str, str]:
+def _listed(raw_manifest: bytes, m: integrity.Manifest) -> dict[str, str]:
     """manifest.json -> file name: sha256, the names only those a checkpoint is made of."""
     try:
         listed = json.loads(raw_manifest)["files"]
     except (ValueError, KeyError, TypeError):
         listed = None
     if not isinstance(listed, dict) or not all(isinstance(h, str) for h in listed.values()):
-        raise CheckpointError(f"checkpoint {shown}: {MANIFEST} is corrupt")
-    check_listing(listed, LISTED, f"checkpoint {shown}: {MANIFEST}", "refusing it")
+        raise m.fail("is corrupt")
+    check_listing(m, listed)
     return listed
 
 
-def check_listing(names: Iterable[str], allowed: tuple[str, ...], listing: str, refusal: str) -> None:
-    """Refuse a listing (`listing` names it in the error) of a file other than `allowed`, or one
-    without checkpoint.pt: a listed path such as ../x would be read from, or copied to, outside the
-    checkpoint."""
-    names = list(names)
-    for name in names:
-        if name not in allowed:
-            raise CheckpointError(
-                f"{listing} lists {name[:100]!r}, not a checkpoint file ({', '.join(allowed)}); {refusal}"
-            )
-    if FILE not in names:
-        raise CheckpointError(f"{listing} does not list {FILE}")
+def check_listing(m: integrity.Manifest, names: Iterable[str], allowed: tuple[str, ...] = LISTED) -> None:
+    """Refuse a listing of a file other than `allowed` (by default what a checkpoint's manifest may
+    list), or one without checkpoint.pt: a listed path such as ../x would be read from, or copied
+    to, outside the checkpoint."""
+    what = f"a checkpoint file ({', '.join(allowed)})"
+    integrity.check_names(m, names, allowed.__contains__, what, required=(FILE,))
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> tuple[Classifier, Config]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -29,16 +28,8 @@ from typing import Any
 
 import yaml
 
-from lstmclf import storage
-from lstmclf.checkpoint import (
-    FILE,
-    FILES,
-    check_listing,
-    checkpoint_files,
-    model_from_checkpoint,
-    sha256,
-    state_from_bytes,
-)
+from lstmclf import integrity, storage
+from lstmclf.checkpoint import FILE, FILES, check_listing, checkpoint_files, model_from_checkpoint, state_from_bytes
 from lstmclf.config import Config
 from lstmclf.errors import CheckpointError, RegistryError, StorageError
 from lstmclf.models import Classifier
@@ -123,7 +114,7 @@ class _LocalStore:
 
     @staticmethod
     def _etag(data: bytes) -> str:
-        return f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+        return f'"{integrity.sha256(data)[:32]}"'
 
     def _path(self, rel: str) -> Path:
         if rel.startswith("/") or ".." in rel.split("/"):  # keys are relative and stay under the root
@@ -195,8 +186,6 @@ class Registry:
             raise CheckpointError(f"checkpoint {checkpoint_uri} has no readable config.yaml / metrics.json") from e
         version = self._claim(name)
         where = f"{name}/versions/{version:06d}"
-        for fname, data in files.items():
-            self._put_new(f"{where}/{fname}", data)
         experiment = source or checkpoint_uri.rsplit("/", 1)[0]
         manifest = {
             "format": FORMAT,
@@ -206,9 +195,9 @@ class Registry:
             "source": {"checkpoint": checkpoint_uri, "experiment": experiment},
             "config": config,
             "metrics": metrics,
-            "files": {fname: {"sha256": sha256(data), "bytes": len(data)} for fname, data in sorted(files.items())},
+            "files": {fname: integrity.entry(data) for fname, data in sorted(files.items())},
         }
-        self._put_new(f"{where}/{VERSION_FILE}", json.dumps(manifest, indent=2).encode())
+        integrity.write_last(lambda fname, data: self._put_new(f"{where}/{fname}", data), files, VERSION_FILE, manifest)
         return version
 
     def names(self) -> list[str]:
@@ -266,20 +255,23 @@ class Registry:
         checked against version.json, and the weights are unpickled with weights_only=True."""
         v = self._number(name, version)
         where = f"{name}/versions/{v:06d}"
+        m = integrity.Manifest(
+            f"registry {self.uri}: {name} version {v}",
+            VERSION_FILE,
+            CheckpointError,
+            "(tampered or corrupt); refusing to load",
+            refusal="refusing to load",
+        )
         listed = self.show(name, v).get("files")
         if not isinstance(listed, dict):
             listed = {}  # refused just below: checkpoint.pt is not listed
-        check_listing(listed, FILES, f"registry {self.uri}: {name} version {v}: {VERSION_FILE}", "refusing to load")
+        check_listing(m, listed, FILES)
         files: dict[str, bytes] = {}  # verified in memory: nothing is written anywhere
-        for fname, entry in listed.items():
+        for fname in listed:
             got = self._store.get(f"{where}/{fname}")
             if got is None:
                 raise CheckpointError(f"registry {self.uri}: {name} version {v} lacks {fname}")
-            if sha256(got[0]) != (entry.get("sha256") if isinstance(entry, dict) else None):
-                raise CheckpointError(
-                    f"registry {self.uri}: {name} version {v}: {fname} does not match the "
-                    f"sha256 in its {VERSION_FILE} (tampered or corrupt); refusing to load"
-                )
+            integrity.verify(m, {fname: got[0]}, listed)
             files[fname] = got[0]
         state = state_from_bytes(files[FILE], f"{self.uri}/{where}/{FILE}")
         model, cfg = model_from_checkpoint(state)

@@ -6,7 +6,6 @@ of the training files, so every run of the same config sees the same split.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lstmclf import storage
+from lstmclf import integrity, storage
 from lstmclf.data.idx import parse_idx
 from lstmclf.errors import DataError, StorageError
 
@@ -30,6 +29,8 @@ FILES = {
     "test_images": r"t10k-images[-.]idx3-ubyte(\.gz)?",
     "test_labels": r"t10k-labels[-.]idx1-ubyte(\.gz)?",
 }
+# What a manifest may list, as its refusal of any other name says.
+LISTABLE = f"a dataset file ({', '.join(p.replace(chr(92), '') for p in FILES.values())}, with any prefix)"
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,10 @@ def _is_role(name: str, role: str) -> bool:
     return re.fullmatch(rf"(.*-)?{FILES[role]}", name) is not None
 
 
+def _is_dataset_file(name: str) -> bool:
+    return any(_is_role(name, role) for role in FILES)
+
+
 def _match(uri: str, root: str, names: list[str], roles: tuple[str, ...]) -> dict[str, str]:
     found: dict[str, str] = {}
     for role in roles:
@@ -98,7 +103,8 @@ def read_files(
     shape there: a corrupt or replaced object is refused before it is parsed."""
     storage.check(uri, endpoint)  # s3://: one clear line for no credentials, endpoint or bucket
     fs, root, names = _listing(uri, endpoint)
-    manifest = _read_manifest(fs, root, uri) if MANIFEST in names else None
+    m = integrity.Manifest(f"dataset {uri}", MANIFEST, DataError, "(corrupt or replaced)")
+    listed = _read_manifest(fs, root, m) if MANIFEST in names else None
     out = {}
     for role, path in _match(uri, root, names, roles).items():
         try:
@@ -106,14 +112,10 @@ def read_files(
         except StorageError as e:
             raise DataError(f"dataset {uri}: {e}") from None
         name = path.rsplit("/", 1)[1]
-        entry = manifest["files"].get(name) if manifest else None
-        if manifest is not None:
-            if not isinstance(entry, dict):
-                raise DataError(f"dataset {uri}: {MANIFEST} does not list {name}")
-            if hashlib.sha256(raw).hexdigest() != entry.get("sha256"):
-                raise DataError(
-                    f"dataset {uri}: {name} does not match the sha256 in its {MANIFEST} (corrupt or replaced)"
-                )
+        entry = None
+        if listed is not None:
+            integrity.verify(m, {name: raw}, listed)
+            entry = listed[name]
         arr = parse_idx(raw, path)
         want_ndim = 3 if role.endswith("images") else 1
         if arr.dtype != np.uint8:
@@ -155,16 +157,19 @@ def load_test(uri: str = SAMPLE, *, num_classes: int, endpoint: str = "") -> Spl
     return Split(files["test_images"][2], labels)
 
 
-def _read_manifest(fs: Any, root: str, uri: str) -> dict[str, Any]:
+def _read_manifest(fs: Any, root: str, m: integrity.Manifest) -> dict[str, dict[str, Any]]:
+    """manifest.json -> file name: its entry (role, sha256, bytes, shape). Only plain names of dataset
+    files may be listed; an entry that is not a mapping lists nothing."""
     try:
         manifest = json.loads(storage.read_bytes(fs, f"{root}/{MANIFEST}"))
     except StorageError as e:
-        raise DataError(f"dataset {uri}: {e}") from None
+        raise DataError(f"{m.owner}: {e}") from None
     except ValueError:
-        raise DataError(f"dataset {uri}: {MANIFEST} is not valid JSON") from None
+        raise m.fail("is not valid JSON") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise DataError(f"dataset {uri}: {MANIFEST} has no 'files' mapping")
-    return manifest
+        raise m.fail("has no 'files' mapping")
+    integrity.check_names(m, manifest["files"], _is_dataset_file, LISTABLE)
+    return {name: entry for name, entry in manifest["files"].items() if isinstance(entry, dict)}
 
 
 def prepare_dataset(
@@ -183,7 +188,7 @@ def prepare_dataset(
         "image_shape": list(files["train_images"][2].shape[1:]),
         "counts": {part: len(files[f"{part}_labels"][2]) for part in ("train", "test")},
         "files": {
-            name: {"role": role, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw), "shape": list(arr.shape)}
+            name: {"role": role, **integrity.entry(raw), "shape": list(arr.shape)}
             for role, (name, raw, arr) in files.items()
         },
     }
@@ -207,22 +212,21 @@ def prepare_dataset(
     except StorageError:
         present = []  # nothing there yet
     stale = [
-        n
-        for n in present
-        if n not in manifest["files"]
-        and n != MANIFEST
-        and (n in old_listed or any(_is_role(n, role) for role in FILES))
+        n for n in present if n not in manifest["files"] and n != MANIFEST and (n in old_listed or _is_dataset_file(n))
     ]
     if stale and old is None and not force:
         raise DataError(
             f"{dest} already holds IDX files ({', '.join(stale)}) without a {MANIFEST}; "
             "choose another destination or --force"
         )
-    for _role, (name, raw, _arr) in files.items():
-        storage.write_file(fs, f"{root}/{name}", raw)
-    for name in stale:
+    for name in stale:  # before the new files: the new manifest, written last, lists only those
         storage.delete_file(fs, f"{root}/{name}")
-    storage.write_file(fs, f"{root}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+    integrity.write_last(
+        lambda name, data: storage.write_file(fs, f"{root}/{name}", data),
+        {name: raw for name, raw, _arr in files.values()},
+        MANIFEST,
+        manifest,
+    )
     return manifest, True
 
 
