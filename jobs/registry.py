@@ -43,6 +43,7 @@ def main() -> None:
     a = build_parser().parse_args()
 
     from lstmclf.config import load_config
+    from lstmclf.errors import RegistryError
     from lstmclf.registry import Registry
 
     st = (
@@ -72,7 +73,12 @@ def main() -> None:
             )
     elif a.command == "list":
         champ = r.champion(a.name)
-        for v in r.versions(a.name):
+        versions = r.versions(a.name)
+        if not versions:
+            raise RegistryError(
+                f"registry {st.registry} has no model {a.name} (models: {', '.join(r.names()) or 'none'})"
+            )
+        for v in versions:
             m = r.show(a.name, v)
             acc = m["metrics"].get("val_acc")
             mark = "  (champion)" if champ and champ[0] == v else ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -75,7 +76,18 @@ def state_from_bytes(raw: bytes, where: str) -> dict[str, Any]:
     try:
         state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        if text.startswith("Weights only load failed"):
+            # torch's refusal opens with how to load the file anyway; what matters is what it refused.
+            what = next((ln for ln in text.splitlines() if "GLOBAL" in ln), "")
+            what = (
+                re.sub(r"^.*WeightsUnpickler error: ", "", what.strip()).split(". ")[0].split(" was not")[0].rstrip(".")
+            )
+            raise CheckpointError(
+                f"checkpoint {where} is refused: it holds Python objects other than tensors and plain values "
+                f"({what[:120] or 'not allowed by weights_only'}), which unpickling could run as code"
+            ) from None
+        first = text.splitlines()[0] if text else type(e).__name__
         raise CheckpointError(f"checkpoint {where} is corrupt or not a checkpoint: {first[:200]}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise CheckpointError(f"checkpoint {where} is not an lstmclf checkpoint (format {FORMAT})")

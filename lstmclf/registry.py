@@ -26,11 +26,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lstmclf import integrity, storage
 from lstmclf.checkpoint import FILE, FILES, check_listing, checkpoint_files, model_from_checkpoint, state_from_bytes
-from lstmclf.config import Config
+from lstmclf.config import Config, load_yaml
 from lstmclf.errors import CheckpointError, RegistryError, StorageError
 from lstmclf.models import Classifier
 
@@ -38,6 +36,16 @@ FORMAT = 1
 VERSION_FILE = "version.json"
 CHAMPION_FILE = "champion.json"
 CLAIM_FILE = ".claim"
+# What version.json holds, and of which type: readers rely on every one.
+VERSION_FIELDS = {
+    "name": str,
+    "version": int,
+    "created": str,
+    "source": dict,
+    "config": dict,
+    "metrics": dict,
+    "files": dict,
+}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -111,6 +119,8 @@ class _LocalStore:
 
     def __init__(self, root: str) -> None:
         self.root = Path(storage.resolve(root)[1])
+        if self.root.exists() and not self.root.is_dir():
+            raise RegistryError(f"registry {root} is a file, not a directory")
 
     @staticmethod
     def _etag(data: bytes) -> str:
@@ -179,11 +189,14 @@ class Registry:
         if not storage.is_remote(checkpoint_uri):
             checkpoint_uri = storage.resolve(checkpoint_uri)[1]
         files = checkpoint_files(checkpoint_uri, self.endpoint)  # refuses names other than FILES
-        try:
-            config = yaml.safe_load(files["config.yaml"])
-            metrics = json.loads(files["metrics.json"])
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {checkpoint_uri} has no readable config.yaml / metrics.json") from e
+        # A version must load: weights-only (a pickle that would run code is refused here, not at load
+        # time after it became the champion), rebuilt into its model, its config.yaml the one inside.
+        state = state_from_bytes(files[FILE], f"{checkpoint_uri}/{FILE}")
+        model_from_checkpoint(state)
+        config = load_yaml(files.get("config.yaml", b""), f"checkpoint {checkpoint_uri}/config.yaml", CheckpointError)
+        if config != state["config"]:
+            raise CheckpointError(f"checkpoint {checkpoint_uri}: config.yaml is not the config inside {FILE}")
+        metrics = _json(files.get("metrics.json", b""), f"checkpoint {checkpoint_uri}: metrics.json", CheckpointError)
         version = self._claim(name)
         where = f"{name}/versions/{version:06d}"
         experiment = source or checkpoint_uri.rsplit("/", 1)[0]
@@ -217,13 +230,23 @@ class Registry:
         got = self._store.get(f"{name}/versions/{v:06d}/{VERSION_FILE}")
         if got is None:
             raise RegistryError(f"registry {self.uri}: {name} has no version {v} (versions: {self._listing(name)})")
-        return json.loads(got[0])
+        where = f"registry {self.uri}: {name} version {v}: {VERSION_FILE}"
+        manifest = _json(got[0], where)
+        wrong = [k for k, tp in VERSION_FIELDS.items() if not isinstance(manifest.get(k), tp)]
+        if wrong:
+            raise RegistryError(f"{where} lacks or mistypes {', '.join(wrong)} (corrupt)")
+        return manifest
 
     def champion(self, name: str) -> tuple[int, str] | None:
         """(version, etag) of the champion pointer, or None; pass the etag to `promote` as `expected`."""
         _check_name(name)
         got = self._store.get(f"{name}/{CHAMPION_FILE}")
-        return None if got is None else (int(json.loads(got[0])["version"]), got[1])
+        if got is None:
+            return None
+        pointer = _json(got[0], f"registry {self.uri}: {name}/{CHAMPION_FILE}")
+        if not isinstance(pointer.get("version"), int) or isinstance(pointer["version"], bool):
+            raise RegistryError(f"registry {self.uri}: {name}/{CHAMPION_FILE} has no version number (corrupt)")
+        return pointer["version"], got[1]
 
     def promote(self, name: str, version: int | str, expected: str | None = None) -> tuple[int, str]:
         """Make `version` the champion, provided the pointer is still what the caller read: `expected`
@@ -315,6 +338,17 @@ class Registry:
 
     def _listing(self, name: str) -> str:
         return ", ".join(map(str, self.versions(name))) or "none"
+
+
+def _json(raw: bytes, where: str, error: type[Exception] = RegistryError) -> dict[str, Any]:
+    """A JSON object stored in the registry or a checkpoint; `error` (one line) if it is not one."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise error(f"{where} is not valid JSON (corrupt)") from None
+    if not isinstance(value, dict):
+        raise error(f"{where} holds a {type(value).__name__}, not a JSON object (corrupt)")
+    return value
 
 
 def _check_name(name: str) -> None:

@@ -1,6 +1,8 @@
 """Hostile input through the entry scripts: one line on stderr, exit status 2, before Ray starts,
 nothing written, no code run, memory bounded."""
 
+import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -8,6 +10,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from conftest import ray_started, run_job
 from support.inputs import write_checkpoint, write_dataset
 
@@ -130,3 +133,61 @@ def test_a_checkpoint_config_that_is_not_yaml_is_refused_at_resume(tmp_path):
     res = run_job("train.py", "--storage", str(tmp_path / "runs"), "--name", "r", timeout=120)
     one_line_refusal(res, f"checkpoint {run}/epoch_0001/config.yaml line 2 is not valid YAML/JSON")
     assert json.loads((run / "epoch_0001" / "manifest.json").read_text())  # left as it was
+
+
+def rewrite(d, name: str, data: bytes) -> None:
+    """Replace one file of a checkpoint and make its manifest match (what a forger does)."""
+    (d / name).write_bytes(data)
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["files"][name] = hashlib.sha256(data).hexdigest()
+    (d / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_the_registry_refuses_what_it_could_never_load(tmp_path):
+    """A forged checkpoint (a pickle that would run code, its manifest made to match) and one whose
+    config.yaml is not YAML are refused at `register`: no version is written, nothing becomes champion."""
+    registry = tmp_path / "registry"
+    evil = tmp_path / "evil"
+    write_checkpoint(evil)
+    buf = io.BytesIO()
+    torch.save({"format": 1, "model": {}, "evil": print}, buf)
+    rewrite(evil, "checkpoint.pt", buf.getvalue())
+    res = run_job("registry.py", "--registry", str(registry), "register", str(evil), "--name", "m", timeout=120)
+    one_line_refusal(res, f"checkpoint {evil}/checkpoint.pt is refused: it holds Python objects other than tensors")
+    broken = tmp_path / "broken"
+    write_checkpoint(broken, config_text=b"model: [unclosed\n")
+    res = run_job("registry.py", "--registry", str(registry), "register", str(broken), "--name", "m", timeout=120)
+    one_line_refusal(res, f"checkpoint {broken}/config.yaml line 2 is not valid YAML/JSON")
+    assert not list(registry.rglob("version.json")) and not list(registry.rglob("champion.json"))
+
+
+def test_corrupt_registry_files_are_one_line(tmp_path):
+    registry = tmp_path / "registry"
+    write_checkpoint(tmp_path / "ckpt")
+    reg = ["registry.py", "--registry", str(registry)]
+    assert run_job(*reg, "register", str(tmp_path / "ckpt"), "--name", "m", timeout=120).returncode == 0
+    assert run_job(*reg, "promote", "m", "1", timeout=120).returncode == 0
+    version = registry / "m" / "versions" / "000001" / "version.json"
+    good = version.read_bytes()
+    for data, message in [
+        (b"{not json", "m version 1: version.json is not valid JSON (corrupt)"),
+        (b"[1, 2]", "m version 1: version.json holds a list, not a JSON object (corrupt)"),
+        (
+            json.dumps(json.loads(good) | {"metrics": [1]}).encode(),
+            "m version 1: version.json lacks or mistypes metrics (corrupt)",
+        ),
+    ]:
+        version.write_bytes(data)
+        one_line_refusal(run_job(*reg, "show", "m", "1", timeout=120), message)
+    version.write_bytes(good)
+    champion = registry / "m" / "champion.json"
+    for data, message in [
+        (b"\xff", "m/champion.json is not valid JSON"),
+        (b'{"version": "1"}', "has no version number"),
+    ]:
+        champion.write_bytes(data)
+        one_line_refusal(run_job(*reg, "show", "m", timeout=120), message)
+    one_line_refusal(run_job(*reg, "list", "nope", timeout=120), f"registry {registry} has no model nope (models: m)")
+    (tmp_path / "plain").write_text("x")
+    res = run_job("registry.py", "--registry", str(tmp_path / "plain"), "list", timeout=120)
+    one_line_refusal(res, f"registry {tmp_path}/plain is a file, not a directory")

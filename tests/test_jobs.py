@@ -74,7 +74,11 @@ def test_evaluate_refuses_a_tampered_or_missing_checkpoint(tmp_path):
     manifest["files"]["checkpoint.pt"] = hashlib.sha256((tmp_path / "evil" / "checkpoint.pt").read_bytes()).hexdigest()
     (tmp_path / "evil" / "manifest.json").write_text(json.dumps(manifest))  # even with a matching hash
     res = run_job("evaluate.py", str(tmp_path / "evil" / "checkpoint.pt"), timeout=120)
-    assert res.returncode == 2 and "is corrupt or not a checkpoint" in res.stderr and "\n" not in res.stderr[:-1]
+    assert res.returncode == 2 and "\n" not in res.stderr[:-1]
+    assert res.stderr == (
+        f"error: checkpoint {tmp_path}/evil/checkpoint.pt is refused: it holds Python objects other than tensors "
+        "and plain values (Unsupported global: GLOBAL print), which unpickling could run as code\n"
+    )
 
     res = run_job("evaluate.py", str(tmp_path / "nowhere"), timeout=120)
     assert res.returncode == 2 and res.stderr.startswith("error: checkpoint") and "does not exist" in res.stderr
