@@ -114,10 +114,29 @@ def latest_experiment(storage_uri: str, endpoint: str = "") -> str:
     return max(started)[1]
 
 
+# Run in every worker process of the jobs lstmclf starts or joins (their runtime_env).
+RUNTIME_ENV = {"worker_process_setup_hook": "lstmclf.driver.pin_cluster_address"}
+
+
+def pin_cluster_address() -> None:
+    """Point Ray's state API in this worker process at the worker's own cluster.
+
+    Given no address, the state API finds "the" cluster by scanning the machine for GCS processes;
+    with two Ray instances on one machine (two jobs, a test cluster beside a job's) it raises. Ray
+    Train's PlacementGroupCleaner asks it whether a stopped trial's controller is dead, dies of that
+    error, and the trial's placement group is never freed: every later trial waits for its CPUs
+    forever (docs/reliability.md)."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
 def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
-    """Join the cluster in RAY_ADDRESS, or start a local Ray (its dashboard on: Ray Train frees the
-    placement groups of stopped trials through the state API it serves). Unless `verbose`, Ray's
-    forwarded worker output and its INFO lines stay in its log files; one line says where Ray is."""
+    """Join the cluster in RAY_ADDRESS, or start a local Ray of this job's own (never one that `ray
+    start` left on the machine), its dashboard on: Ray Train frees the placement groups of stopped
+    trials through the state API it serves. Every worker runs `pin_cluster_address`. Unless
+    `verbose`, Ray's forwarded worker output and its INFO lines stay in its log files; one line says
+    where Ray is."""
     import ray
 
     if ray.is_initialized():
@@ -125,10 +144,10 @@ def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
     quiet: dict[str, Any] = {} if verbose else {"log_to_driver": False, "logging_level": logging.WARNING}
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ctx = ray.init(address=address, **quiet)
+        ctx = ray.init(address=address, runtime_env=RUNTIME_ENV, **quiet)
         where = f"joined the Ray cluster at {address}"
     else:
-        ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, **quiet)
+        ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, runtime_env=RUNTIME_ENV, **quiet)
         where = "started a local Ray"
     if not verbose:
         # Messages the raylet publishes to drivers (worker-start warnings and the like) are printed

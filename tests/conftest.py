@@ -48,7 +48,17 @@ def ray_cluster():
     """
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False, configure_logging=False)
+    from lstmclf.driver import RUNTIME_ENV
+
+    # address="local": a Ray that someone started on this machine with `ray start` is not ours to join.
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=True,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env=RUNTIME_ENV,
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
