@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lstmclf import storage
+from lstmclf.checkpoint import load_checkpoint
 from lstmclf.config import RECIPE, Config
 from lstmclf.data import Split, Splits, dataset_digest, load_test
 from lstmclf.driver import load_data
@@ -132,10 +133,11 @@ def _run(req: Request, registry: Registry, lease: Lease) -> str:
         {"storage.name": run_name(model, req.slot)}
     )
     splits = load_data(run_cfg)
+    test = _test_set(run_cfg, splits)  # read now: a bad test set fails before any training
     if "checkpoint" not in record:
         record = lease.update(checkpoint=_train(run_cfg, splits, req.verbose))
     if req.dry_run:
-        decision = _decide(req, registry, record, run_cfg, splits, registry.champion_record(model))
+        decision = _decide(req, registry, record, run_cfg, test, registry.champion_record(model))
         lease.release(dry_run=decision["outcome"])
         print("\n".join(summary_lines(decision)), flush=True)
         return "dry-run"
@@ -145,7 +147,7 @@ def _run(req: Request, registry: Registry, lease: Lease) -> str:
         print(f"registered the challenger as {model} version {version}", flush=True)
         record = lease.update(version=version)
     champion = registry.champion_record(model)
-    decision = _decide(req, registry, record, run_cfg, splits, champion)
+    decision = _decide(req, registry, record, run_cfg, test, champion)
     lease.update(decision=decision, champion_etag=champion[1] if champion else None)
     return _conclude(req, registry, lease)
 
@@ -166,16 +168,14 @@ def _decide(
     registry: Registry,
     record: dict[str, Any],
     cfg: Config,
-    splits: Splits,
+    test: tuple[Split, int, dict[str, Any]],
     champion: tuple[dict[str, Any], str] | None,
 ) -> dict[str, Any]:
     """Score the challenger (its registered version; in a dry run, its checkpoint) and the champion on
     the same test images, apply the gate, and build the decision record. Its outcome is what the gate
     (or --force) says; `_conclude` makes it final."""
-    from lstmclf.checkpoint import load_checkpoint
-
     model, r = cfg.retrain.model_name, cfg.retrain
-    test, test_info = _test_set(cfg, splits)
+    test, num_classes, test_info = test
     version = record.get("version")
     state = (
         registry.load(model, version)[2] if version else load_checkpoint(record["checkpoint"], cfg.storage.s3_endpoint)
@@ -185,7 +185,7 @@ def _decide(
     if champion is not None:
         theirs, champion_predicted = predict(registry.load(model, champion[0]["version"])[2], test)
     gate = Gate(r.margin, r.alpha, r.max_recall_drop)
-    d = decide(test.labels, predicted, champion_predicted, splits.num_classes, gate)
+    d = decide(test.labels, predicted, champion_predicted, num_classes, gate)
     promote = (d.promote or bool(req.force)) and not req.dry_run
     verdict = "promote" if d.promote or req.force else "reject"
     return {
@@ -247,15 +247,17 @@ def _moved(now: tuple[dict[str, Any], str] | None) -> str:
     )
 
 
-def _test_set(cfg: Config, splits: Splits) -> tuple[Split, dict[str, Any]]:
+def _test_set(cfg: Config, splits: Splits) -> tuple[Split, int, dict[str, Any]]:
     """The frozen test set (`retrain.test_data`'s test files, whole) or the current data's test split,
-    and how to find it again."""
+    its number of classes, and how to find it again."""
     endpoint, uri = cfg.storage.s3_endpoint, cfg.retrain.test_data
     if uri:
         test = load_test(uri, num_classes=splits.num_classes, endpoint=endpoint)
-        return test, {"data": uri, "images": len(test), "digest": dataset_digest(uri, endpoint, TEST_FILES)}
-    info = {"data": cfg.data.path, "images": len(splits.test), "limit_test": cfg.data.limit_test, "seed": cfg.data.seed}
-    return splits.test, {**info, "digest": dataset_digest(cfg.data.path, endpoint, TEST_FILES)}
+        info = {"data": uri, "images": len(test)}
+    else:
+        test, uri = splits.test, cfg.data.path
+        info = {"data": uri, "images": len(test), "limit_test": cfg.data.limit_test, "seed": cfg.data.seed}
+    return test, splits.num_classes, {**info, "digest": dataset_digest(uri, endpoint, TEST_FILES)}
 
 
 def code_version() -> dict[str, str | None]:
