@@ -350,6 +350,7 @@ def test_commands_are_found_where_they_are_written():
     assert scheduled.job == "retrain" and scheduled.args[-2:] == ("--slot", "$(SLOT)")
     (alternative,) = [c for c in found if c.source == "k8s/overlays/raycronjob/raycronjob.yaml"]
     assert alternative.job == "retrain" and "--slot" not in alternative.args
+    assert {"retrain", "registry"} <= {c.job for c in found if c.source == "README.md"}
     entry = next(c for c in found if c.source == "k8s/base/rayjob.yaml")
     assert entry.job == "tune" and entry.args == ("--config", "/home/ray/recipe/tune.yaml")
     _, _, instructions = dockerfile()
