@@ -120,15 +120,19 @@ def test_a_weaker_recipe_is_registered_but_rejected_and_the_champion_stays(world
     assert r.show(MODEL, 2)["config"]["optim"]["lr"] == 0.00001
 
 
-def test_a_better_recipe_tried_dry_then_promoted_on_a_significant_difference(world):
+def test_a_better_recipe_searched_dry_then_promoted_on_a_significant_difference(world):
     """Three times the data (new labels arrived) and twice the epochs: about 87% against 49%, with b in
-    the hundreds and c near ten, and no class's recall more than a few points down."""
+    the hundreds and c near ten, and no class's recall more than a few points down. The dry run searches
+    two learning rates around the recipe (retrain.search); the real run promotes the best trial."""
     r = world["registry"]
     before = r.champion(MODEL)
     better = ["--set", "data.limit_train=3000", "--set", "train.epochs=4"]
-    dry = retrain(world, "day-3", *better, "--dry-run")
+    search = ["--set", "retrain.search=true", "--set", "tune.scheduler=fifo", "--set", "tune.num_samples=1"]
+    search += ["--set", "tune.space={optim.lr: {grid: [0.003, 0.005]}}"]
+    dry = retrain(world, "day-3", *better, *search, "--dry-run")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert "epoch 4/4" in dry.stdout and "would promote (dry run): better by" in dry.stdout, dry.stdout
+    assert dry.stdout.count("finished 4 epochs") == 2, dry.stdout  # two trials, each trained to the end
+    assert "would promote (dry run): better by" in dry.stdout, dry.stdout
     assert r.versions(MODEL) == [1, 2] and r.champion(MODEL) == before  # a dry run writes no version
 
     res = retrain(world, "day-3", *better)
@@ -136,6 +140,7 @@ def test_a_better_recipe_tried_dry_then_promoted_on_a_significant_difference(wor
     assert "which let go of it; resuming after its checkpoint" in res.stdout
     assert "epoch " not in res.stdout  # the dry run's training is reused, not repeated
     assert "promoted: mnist version 3 is the champion (was version 1): better by +" in res.stdout, res.stdout
+    assert "/retrain-mnist-day-3/trials/" in r.show(MODEL, 3)["source"]["checkpoint"]  # the best trial's
     record = decision(world, 3)
     assert record["mcnemar"]["p_value"] < 0.01 and record["mcnemar"]["b"] > 3 * record["mcnemar"]["c"]
     assert record["challenger"]["acc"] - record["champion"]["acc"] > 0.2 and record["worst_class"]["recall_drop"] < 0.1
