@@ -233,7 +233,8 @@ def _conclude(req: Request, registry: Registry, lease: Lease) -> str:
             try:
                 registry.promote(model, version, expected=record["champion_etag"])
             except RegistryError:
-                decision |= {"outcome": "rejected", "reasons": [_moved(registry.champion_record(model))]}
+                moved = _moved(registry.champion_record(model))
+                decision |= {"outcome": "rejected", "reasons": [moved, *decision["reasons"]]}
     uri = registry.write_decision(model, version, decision)
     lease.finish(outcome=decision["outcome"], decision_uri=uri)
     print("\n".join([*summary_lines(decision), f"decision: {uri}"]), flush=True)
@@ -261,26 +262,24 @@ def _test_set(cfg: Config, splits: Splits) -> tuple[Split, int, dict[str, Any]]:
 
 
 def code_version() -> dict[str, str | None]:
-    """The package's version and, when this code is a git checkout, its commit (`+dirty` with
-    uncommitted changes to tracked files). No git, or no repository (an image), gives None."""
+    """The package's version and, when this code is a git checkout of lstmclf, its commit (`+dirty`
+    with uncommitted changes to tracked files). No git, no repository (an image), or the package
+    installed inside some other repository gives None."""
     try:
         version = importlib.metadata.version("lstmclf")
     except importlib.metadata.PackageNotFoundError:
         version = None
     here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10, check=True).stdout
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+        top, commit = git("rev-parse", "--show-toplevel", "HEAD").split()
+        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {"lstmclf": version, "git": None}
+    if Path(top).resolve() != here.parent:
         return {"lstmclf": version, "git": None}
     return {"lstmclf": version, "git": commit + ("+dirty" if dirty else "")}
 

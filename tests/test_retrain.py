@@ -7,6 +7,7 @@ The gate itself, on hand-made predictions: tests/test_promotion.py."""
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,3 +203,23 @@ def test_bad_input_is_one_line_before_any_work(tmp_path):
         assert res.returncode == 2 and message in lines[-1], (args, res.stderr)
         assert len(lines) == 1 or lines[0].startswith("usage: "), res.stderr  # argparse shows its usage first
         assert not (tmp_path / "r").exists()
+
+
+def test_the_code_version_is_the_checkouts_commit_and_none_outside_one(tmp_path):
+    from lstmclf.retraining import code_version
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert code_version()["git"].removesuffix("+dirty") == head.stdout.strip()
+    # The package copied out of the repository, as in the image: no commit, and no failure.
+    shutil.copytree(ROOT / "lstmclf", tmp_path / "lstmclf", ignore=shutil.ignore_patterns("__pycache__"))
+    code = "import json, lstmclf.retraining as r; print(json.dumps(r.code_version()))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout)["git"] is None
