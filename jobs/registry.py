@@ -5,6 +5,7 @@
     python jobs/registry.py list mnist-lstm            # one line per version
     python jobs/registry.py show mnist-lstm 3          # config, metrics, source, sha256 of each file
     python jobs/registry.py promote mnist-lstm 3       # conditional: refused if another promotion got there first
+    python jobs/registry.py rollback mnist-lstm        # the champion before the current one, back (conditional too)
 
 The registry is ./registry unless --registry (or storage.registry in --config) says otherwise,
 e.g. --registry s3://models/registry --s3-endpoint http://minio:9000.
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     pro = sub.add_parser("promote", help="make a version the champion")
     pro.add_argument("name")
     pro.add_argument("version")
+    back = sub.add_parser("rollback", help="put the previous champion back")
+    back.add_argument("name")
     return p
 
 
@@ -88,10 +91,13 @@ def main() -> None:
             )
     elif a.command == "show":
         print(json.dumps(r.show(a.name, a.version), indent=2))
-    else:
+    elif a.command == "promote":
         before = r.champion(a.name)
         v, _ = r.promote(a.name, a.version, expected=before[1] if before else None)
         print(f"{a.name}: champion is now version {v} (was {'version ' + str(before[0]) if before else 'none'})")
+    else:
+        v, was = r.rollback(a.name)
+        print(f"{a.name}: champion is now version {v} (rolled back from version {was})")
 
 
 if __name__ == "__main__":

@@ -13,18 +13,10 @@ recipe for `jobs/train.py --config`, and the best checkpoint's test metrics.
 
 import argparse
 
+from lstmclf import cli
 from lstmclf.cli import add_config_args, config_from_args, run_main
 
-# A seconds-long experiment on a slice of the sample: checks the whole path end to end.
-SMOKE = {
-    "data.limit_train": 1000,
-    "data.limit_test": 200,
-    "train.epochs": 2,
-    "train.batch_size": 32,
-    "model.width": 8,
-    "model.hidden": 32,
-    "tune.num_samples": 2,
-}
+SMOKE = {**cli.SMOKE, "tune.num_samples": 2}  # a seconds-long experiment of two trials
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,17 @@ from lstmclf.config import Config, load_config
 from lstmclf.errors import LstmclfError
 from lstmclf.paths import absolute_paths
 
+# The --smoke preset of the jobs that train: a seconds-long run on a slice of the bundled sample that
+# checks the whole path end to end.
+SMOKE = {
+    "data.limit_train": 1000,
+    "data.limit_test": 200,
+    "train.epochs": 2,
+    "train.batch_size": 32,
+    "model.width": 8,
+    "model.hidden": 32,
+}
+
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """Flags every job shares; each is a shorthand for one `--set section.key=value`."""
@@ -73,8 +84,10 @@ def config_from_args(
     return absolute_paths(cfg, writes)
 
 
-def run_main(main: Callable[[], object]) -> None:
-    """Run a job's main(); a user error becomes one line on stderr and exit status 2."""
+def run_main(main: Callable[[], object], *, one_line: bool = False) -> None:
+    """Run a job's main(); a user error becomes one line on stderr and exit status 2. With `one_line`
+    (a scheduled job, read from its logs) any other failure is one line too, exit status 1, unless
+    `--verbose` asks for the traceback."""
     try:
         main()
     except LstmclfError as e:
@@ -83,3 +96,9 @@ def run_main(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        if not one_line or "--verbose" in sys.argv:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: {type(e).__name__}: {first[:500]} (--verbose shows the traceback)", file=sys.stderr)
+        sys.exit(1)

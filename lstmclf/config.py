@@ -1,4 +1,5 @@
-"""One typed, frozen config for a run: data, model, optim, loss, train, scaling, storage.
+"""One typed, frozen config for a run: data, model, optim, loss, train, scaling, storage (and the
+sections only one job reads: tune, retrain).
 
 Built from YAML/JSON plus dotted overrides (`model.lstm_layers=3`). Every value is checked
 here, before Ray starts, so a typo costs one line of output instead of cluster time. The
@@ -12,6 +13,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +30,8 @@ POOLS = ("last", "mean", "attention")
 OPTIMIZERS = ("adam", "nadam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 MAX_NAME_BYTES = 128
+# A name that is safe as one path component and one object-key segment: registry models, retraining slots.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LOSSES = ("cross_entropy", "label_smoothing", "focal")
 
 
@@ -235,6 +239,38 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
+class RetrainConfig:
+    model_name: str = "mnist-lstm"  # the registry model whose champion is retrained and challenged
+    # The gate (lstmclf.promotion): the challenger's test accuracy must beat the champion's by at least
+    # `margin` (absolute, 0.002 = 0.2 points), McNemar's exact one-sided test on the paired predictions
+    # must be significant at `alpha`, and no class's recall may drop by more than `max_recall_drop`.
+    margin: float = 0.002
+    alpha: float = 0.05
+    max_recall_drop: float = 0.02
+    test_data: str = ""  # frozen test set: a dataset whose test files both models are scored on; "" = data.path's
+    search: bool = False  # a short Ray Tune search (tune.space, tune.num_samples) instead of one training run
+    slot_hours: int = 24  # without --slot, the slot is the start time rounded down to this many hours (UTC)
+    lease_seconds: int = 600  # a claimed slot is held this long past the holder's last heartbeat
+
+    def __post_init__(self) -> None:
+        _require(
+            PLAIN_NAME.fullmatch(self.model_name) is not None,
+            "retrain.model_name",
+            f"{shown(self.model_name)} must be letters, digits, '.', '_' or '-' (at most 128)",
+        )
+        _no_credentials(self.test_data, "retrain.test_data")
+        _require(0.0 <= self.margin < 1.0, "retrain.margin", f"{self.margin} is outside [0, 1)")
+        _require(0.0 < self.alpha < 1.0, "retrain.alpha", f"{self.alpha} is outside (0, 1)")
+        _require(
+            0.0 <= self.max_recall_drop <= 1.0, "retrain.max_recall_drop", f"{self.max_recall_drop} is outside [0, 1]"
+        )
+        _require(1 <= self.slot_hours <= 24 * 366, "retrain.slot_hours", f"{self.slot_hours} is outside [1, 8784]")
+        _require(
+            30 <= self.lease_seconds <= 86_400, "retrain.lease_seconds", f"{self.lease_seconds} is outside [30, 86400]"
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -244,6 +280,7 @@ class Config:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)  # read by jobs/tune.py only
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)  # read by jobs/retrain.py only
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> Config:
@@ -264,8 +301,20 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+# The sections that say what a model is and how it is trained: its recipe. The others say where and on
+# what it runs (retraining takes the champion's recipe and the job's own deployment sections).
+RECIPE = ("model", "optim", "loss", "train")
+
+
+def recipe_values(cfg: Config, keys: Iterable[str]) -> dict[str, Any]:
+    """`cfg`'s values of those of the dotted `keys` that belong to the recipe."""
+    values = cfg.to_dict()
+    return {k: values[k.split(".")[0]][k.split(".")[1]] for k in sorted(keys) if k.split(".")[0] in RECIPE}
+
+
 # Keys that may change when a run or experiment resumes: how many workers, how failures are handled,
-# where the S3 endpoint and the registry are. Anything else would not fit the checkpoints or schedule.
+# where the S3 endpoint and the registry are, the promotion gate (it never reaches a checkpoint). Anything
+# else would not fit the checkpoints or schedule.
 # (Not scaling.num_workers: it sets the batches per epoch, so the LR schedule of the checkpoint.)
 RESUMABLE_CHANGES = (
     "scaling.use_gpu",
@@ -275,6 +324,7 @@ RESUMABLE_CHANGES = (
     "train.checkpoints_to_keep",
     "storage.s3_endpoint",
     "storage.registry",
+    "retrain.",
 )
 
 

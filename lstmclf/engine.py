@@ -125,8 +125,10 @@ def evaluate(
     *,
     device: torch.device,
     detailed: bool = False,
+    predictions: list[torch.Tensor] | None = None,
 ) -> dict[str, float | list]:
-    """Accuracy, macro precision / recall / F1 and mean cross-entropy over `batches`.
+    """Accuracy, macro precision / recall / F1 and mean cross-entropy over `batches`; each batch's
+    predicted classes are appended (on the CPU) to `predictions` when given, in the batches' order.
 
     Under torch.distributed each rank passes its own shard; torchmetrics sums the states of all
     ranks in compute(), so every rank gets the metrics of the whole set.
@@ -137,4 +139,6 @@ def evaluate(
         with autocast(device):
             logits = model(x)
         update(metrics, logits.float(), y)
+        if predictions is not None:
+            predictions.append(logits.argmax(dim=1).cpu())
     return to_python(metrics.compute())

@@ -31,6 +31,10 @@ class RegistryError(LstmclfError, ValueError):
     """An unknown model or version, a version that already exists, or a lost promotion race."""
 
 
+class WriteConflict(RegistryError):
+    """A conditional write of a registry record lost to another writer (`Registry.write_record`)."""
+
+
 def shown(value: object) -> str:
     """`repr(value)` for an error message, shortened: user input can be megabytes long."""
     return _REPR.repr(value)

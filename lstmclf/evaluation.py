@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lstmclf.checkpoint import load_checkpoint, model_from_checkpoint
@@ -27,11 +28,25 @@ def evaluate_checkpoint(
     """Metrics of a checkpoint on a test split (default: the test files of `data`, else of the
     checkpoint's own dataset; only those two files are read), with the checkpoint's own
     normalisation; `endpoint`: the S3 endpoint of s3:// URIs."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state = load_checkpoint(uri, endpoint)
-    model, cfg = model_from_checkpoint(state)
     if test is None:
+        _, cfg = model_from_checkpoint(state)  # its config, checked, names the dataset
         test = load_test(data or cfg.data.path, num_classes=state["data"]["num_classes"], endpoint=endpoint)
+    return {"checkpoint": uri, **evaluate_state(state, test, device=device, batch_size=batch_size)}
+
+
+def evaluate_state(
+    state: dict[str, Any],
+    test: Split,
+    *,
+    device: torch.device | None = None,
+    batch_size: int = 1024,
+    predictions: list[torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Metrics of a loaded checkpoint (`lstmclf.checkpoint.load_checkpoint`, `Registry.load`) on a test
+    split; `predictions` as `lstmclf.engine.evaluate` takes it (in the split's order)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, cfg = model_from_checkpoint(state)
     info = state["data"]
     if [1, *test.images.shape[1:]] != list(info["image_shape"]):
         raise DataError(
@@ -40,15 +55,23 @@ def evaluate_checkpoint(
     if int(test.labels.max()) >= info["num_classes"]:
         raise DataError(f"test labels reach {int(test.labels.max())}, the checkpoint has {info['num_classes']} classes")
     loader = BatchLoader(*to_tensors(test, device), batch_size, mean=info["mean"], std=info["std"])
-    report = evaluate(model.to(device), loader, info["num_classes"], device=device, detailed=True)
+    report = evaluate(
+        model.to(device), loader, info["num_classes"], device=device, detailed=True, predictions=predictions
+    )
     return {
-        "checkpoint": uri,
         "epoch": state["epoch"] + 1,
         "images": len(test),
         "num_classes": info["num_classes"],
         "model": dataclasses.asdict(cfg.model),
         **report,
     }
+
+
+def predict(state: dict[str, Any], test: Split, **kwargs: Any) -> tuple[dict[str, Any], np.ndarray]:
+    """`evaluate_state`'s report and the predicted class of every test image, in order."""
+    predictions: list[torch.Tensor] = []
+    report = evaluate_state(state, test, predictions=predictions, **kwargs)
+    return report, torch.cat(predictions).numpy()
 
 
 def markdown(report: dict[str, Any]) -> str:

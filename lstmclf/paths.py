@@ -23,7 +23,8 @@ from lstmclf.errors import ConfigError, shown
 # Ray's job supervisor gives a submitted job's entrypoint this variable (dashboard/modules/job/job_supervisor.py).
 JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 OUTPUTS = ("storage.path", "storage.registry")  # places a job writes to
-INPUTS = ("data.path", "model.pretrained")  # places only the driver reads from before Ray starts
+INPUTS = ("data.path", "model.pretrained", "retrain.test_data")  # places only the driver reads
+DATASETS = ("data.path", "retrain.test_data")  # where "sample" names the bundled sample, not a directory
 
 
 def submitted_job() -> bool:
@@ -76,7 +77,7 @@ def absolute_paths(cfg: Config, writes: tuple[str, ...] = ("storage.path",)) -> 
 
 
 def _absolute_value(key: str, value: Any) -> Any:
-    if not isinstance(value, str) or not value or (key == "data.path" and value == "sample"):
+    if not isinstance(value, str) or not value or (key in DATASETS and value == "sample"):
         return value
     return absolute_path(value, key, output=key in OUTPUTS)
 

@@ -7,7 +7,11 @@ Layout under the registry URI, per model name:
     {name}/versions/000003/config.yaml     was checked against the checkpoint's own manifest
     {name}/versions/000003/...
     {name}/versions/000003/version.json    written last: config, metrics, source, sha256 and size of each file
-    {name}/champion.json                   the champion pointer, replaced only by a conditional write
+    {name}/versions/000003/decision.json   create-only, beside a version that scheduled retraining made:
+                                           why it was promoted or rejected (lstmclf.retraining)
+    {name}/champion.json                   the champion pointer and the champions before it, most recent
+                                           first (for rollback); replaced only by a conditional write
+    {name}/slots/{slot}.json               the state of one scheduled retraining (lstmclf.slots)
 
 A version without version.json is incomplete and invisible. On S3 the conditional writes are S3's
 own (`IfNoneMatch="*"`: create only; `IfMatch=<etag>`: replace only what was read; else 412); a
@@ -20,7 +24,6 @@ import datetime as dt
 import fcntl
 import json
 import os
-import re
 import socket
 import uuid
 from pathlib import Path
@@ -28,14 +31,17 @@ from typing import Any
 
 from lstmclf import integrity, storage
 from lstmclf.checkpoint import FILE, FILES, check_listing, checkpoint_files, model_from_checkpoint, state_from_bytes
-from lstmclf.config import Config, load_yaml
-from lstmclf.errors import CheckpointError, RegistryError, StorageError
+from lstmclf.config import PLAIN_NAME, Config, load_yaml
+from lstmclf.errors import CheckpointError, RegistryError, StorageError, WriteConflict
 from lstmclf.models import Classifier
 
 FORMAT = 1
 VERSION_FILE = "version.json"
 CHAMPION_FILE = "champion.json"
 CLAIM_FILE = ".claim"
+DECISION_FILE = "decision.json"
+HISTORY = 50  # champions kept in the pointer for rollback
+NAME = PLAIN_NAME
 # What version.json holds, and of which type: readers rely on every one.
 VERSION_FIELDS = {
     "name": str,
@@ -46,7 +52,6 @@ VERSION_FIELDS = {
     "metrics": dict,
     "files": dict,
 }
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class _Precondition(Exception):
@@ -145,6 +150,8 @@ class _LocalStore:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
             now = self.get(rel)
             if (create_only and now is not None) or (if_match and (now is None or now[1] != if_match)):
+                if now is not None and now[0] == data:  # as S3 does: the same bytes again are no conflict
+                    return now[1]
                 raise _Precondition(rel)
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             tmp.write_bytes(data)
@@ -185,9 +192,7 @@ class Registry:
         (default: the checkpoint's parent directory). An s3:// checkpoint is read through the registry's
         endpoint. Only a checkpoint's own files (see `lstmclf.checkpoint.FILES`) are copied."""
         _check_name(name)
-        checkpoint_uri = checkpoint_uri.rstrip("/").removesuffix("/checkpoint.pt")
-        if not storage.is_remote(checkpoint_uri):
-            checkpoint_uri = storage.resolve(checkpoint_uri)[1]
+        checkpoint_uri = _source(checkpoint_uri)
         files = checkpoint_files(checkpoint_uri, self.endpoint)  # refuses names other than FILES
         # A version must load: weights-only (a pickle that would run code is refused here, not at load
         # time after it became the champion), rebuilt into its model, its config.yaml the one inside.
@@ -239,6 +244,12 @@ class Registry:
 
     def champion(self, name: str) -> tuple[int, str] | None:
         """(version, etag) of the champion pointer, or None; pass the etag to `promote` as `expected`."""
+        got = self.champion_record(name)
+        return None if got is None else (int(got[0]["version"]), got[1])
+
+    def champion_record(self, name: str) -> tuple[dict[str, Any], str] | None:
+        """The champion pointer as written (version, `previous` champions, who promoted when) and its
+        etag, or None. Pointers written before the history existed have no `previous`."""
         _check_name(name)
         got = self._store.get(f"{name}/{CHAMPION_FILE}")
         if got is None:
@@ -246,32 +257,99 @@ class Registry:
         pointer = _json(got[0], f"registry {self.uri}: {name}/{CHAMPION_FILE}")
         if not isinstance(pointer.get("version"), int) or isinstance(pointer["version"], bool):
             raise RegistryError(f"registry {self.uri}: {name}/{CHAMPION_FILE} has no version number (corrupt)")
-        return pointer["version"], got[1]
+        previous = pointer.get("previous", [])
+        if not isinstance(previous, list) or not all(isinstance(v, int) for v in previous):
+            raise RegistryError(f"registry {self.uri}: {name}/{CHAMPION_FILE} has a corrupt 'previous' list")
+        return pointer, got[1]
 
     def promote(self, name: str, version: int | str, expected: str | None = None) -> tuple[int, str]:
         """Make `version` the champion, provided the pointer is still what the caller read: `expected`
         is the etag from `champion()`, None when there was no champion. Of two concurrent promotions
-        from the same reading exactly one wins; the other raises RegistryError. Returns (version
-        number, new etag), what `champion()` now returns."""
+        from the same reading exactly one wins; the other raises RegistryError. The champion replaced
+        goes first in the pointer's `previous` (see `rollback`). Returns (version number, new etag),
+        what `champion()` now returns."""
         v = self._number(name, version)
         if v not in self.versions(name):
             raise RegistryError(f"registry {self.uri}: {name} has no version {v} (versions: {self._listing(name)})")
-        pointer = {
-            "version": v,
+        now = self.champion_record(name)
+        if (now[1] if now else None) != expected:
+            raise self._moved(name, now)
+        previous = [int(now[0]["version"]), *now[0].get("previous", [])][:HISTORY] if now else []
+        return v, self._replace_champion(name, {"version": v, "previous": previous}, expected)
+
+    def rollback(self, name: str, expected: str | None = None) -> tuple[int, int]:
+        """Put the previous champion back, by the same conditional write as `promote` (`expected`: the
+        etag read, None to take the pointer as it is now). Returns (champion now, champion before).
+        Refused when the pointer records no previous champion (never promoted twice, or written
+        before the pointer kept its history)."""
+        now = self.champion_record(name)
+        if now is None:
+            raise RegistryError(f"registry {self.uri}: {name} has no champion to roll back")
+        if expected is not None and now[1] != expected:
+            raise self._moved(name, now)
+        current, previous = int(now[0]["version"]), now[0].get("previous", [])
+        if not previous:
+            raise RegistryError(f"registry {self.uri}: {name} records no champion before version {current}")
+        pointer = {"version": int(previous[0]), "previous": previous[1:], "rolled_back_from": current}
+        self._replace_champion(name, pointer, now[1])
+        return int(previous[0]), current
+
+    def find_version(self, name: str, checkpoint_uri: str) -> int | None:
+        """The complete version registered from `checkpoint_uri`, if any (the newest): lets a retried
+        job reuse its registration instead of making a second version of the same checkpoint."""
+        uri = _source(checkpoint_uri)
+        found = [v for v in self.versions(name) if self.show(name, v)["source"]["checkpoint"] == uri]
+        return max(found, default=None)
+
+    def write_decision(self, name: str, version: int, record: dict[str, Any]) -> str:
+        """Write `decision.json` beside a version, create-only (written once, never replaced); returns
+        where it is. Writing the same bytes again (a retried request) is not an error."""
+        rel = f"{name}/versions/{version:06d}/{DECISION_FILE}"
+        self._put_new(rel, json.dumps(record, indent=2).encode())
+        return f"{self.uri.rstrip('/')}/{rel}"
+
+    def decision(self, name: str, version: int) -> dict[str, Any] | None:
+        """A version's decision.json, or None (registered by hand, or its job has not decided yet)."""
+        got = self._store.get(f"{name}/versions/{version:06d}/{DECISION_FILE}")
+        return None if got is None else _json(got[0], f"registry {self.uri}: {name} version {version}: {DECISION_FILE}")
+
+    def read_record(self, name: str, rel: str) -> tuple[dict[str, Any], str] | None:
+        """A JSON record under `{name}/` (e.g. `slots/x.json`) and its etag, or None."""
+        _check_name(name)
+        got = self._store.get(f"{name}/{rel}")
+        return None if got is None else (_json(got[0], f"registry {self.uri}: {name}/{rel}"), got[1])
+
+    def write_record(
+        self, name: str, rel: str, record: dict[str, Any], *, create_only: bool = False, if_match: str | None = None
+    ) -> str:
+        """Write a JSON record under `{name}/` only if it does not exist (`create_only`) or is still
+        what was read (`if_match`: its etag); returns the new etag. WriteConflict if another writer
+        got there first."""
+        _check_name(name)
+        data = json.dumps(record, indent=2).encode()
+        try:
+            return self._store.put(f"{name}/{rel}", data, create_only=create_only, if_match=if_match)
+        except _Precondition:
+            raise WriteConflict(f"registry {self.uri}: {name}/{rel} was written by another run meanwhile") from None
+
+    def _replace_champion(self, name: str, pointer: dict[str, Any], expected: str | None) -> str:
+        pointer |= {
             "promoted_at": _now(),
             "by": f"{socket.gethostname()}:{os.getpid()}",
             "nonce": uuid.uuid4().hex,
-        }  # distinct bytes, so distinct etags, for every promotion
+        }  # distinct bytes, so distinct etags, for every write
         try:
-            return v, self._store.put(
+            return self._store.put(
                 f"{name}/{CHAMPION_FILE}", json.dumps(pointer).encode(), create_only=expected is None, if_match=expected
             )
         except _Precondition:
-            now = self.champion(name)
-            raise RegistryError(
-                f"registry {self.uri}: the champion of {name} changed since it was read (now "
-                f"{'version ' + str(now[0]) if now else 'none'}); read it again and retry"
-            ) from None
+            raise self._moved(name, self.champion_record(name)) from None
+
+    def _moved(self, name: str, now: tuple[dict[str, Any], str] | None) -> RegistryError:
+        return RegistryError(
+            f"registry {self.uri}: the champion of {name} changed since it was read (now "
+            f"{'version ' + str(now[0]['version']) if now else 'none'}); read it again and retry"
+        )
 
     def load(self, name: str, version: int | str = "champion") -> tuple[Classifier, Config, dict[str, Any]]:
         """(model in eval mode on CPU, its config, the checkpoint state) of a version; every file is
@@ -354,6 +432,12 @@ def _json(raw: bytes, where: str, error: type[Exception] = RegistryError) -> dic
 def _check_name(name: str) -> None:
     if not NAME.fullmatch(name):
         raise RegistryError(f"model name {name!r} must be letters, digits, '.', '_' or '-' (at most 128)")
+
+
+def _source(checkpoint_uri: str) -> str:
+    """A checkpoint's directory as versions record it: a URI, or an absolute local path."""
+    checkpoint_uri = checkpoint_uri.rstrip("/").removesuffix("/checkpoint.pt")
+    return checkpoint_uri if storage.is_remote(checkpoint_uri) else storage.resolve(checkpoint_uri)[1]
 
 
 def _now() -> str:

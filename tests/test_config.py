@@ -3,7 +3,15 @@ import json
 import pytest
 import yaml
 
-from lstmclf.config import Config, dotted_keys, load_config, parse_overrides, read_config_file
+from lstmclf.config import (
+    Config,
+    check_resumable,
+    dotted_keys,
+    load_config,
+    parse_overrides,
+    read_config_file,
+    recipe_values,
+)
 from lstmclf.errors import ConfigError
 
 
@@ -53,6 +61,12 @@ def test_int_accepted_for_float_and_numeric_strings_parsed():
         (["model.backbone=none", "model.head=linear"], "backbone 'none' needs head 'lstm'"),
         (["storage.name=a/b"], "storage.name"),
         (["nokeyvalue"], "must look like section.key=value"),
+        (["retrain.alpha=0"], "retrain.alpha: 0.0 is outside (0, 1)"),
+        (["retrain.margin=1"], "retrain.margin: 1.0 is outside [0, 1)"),
+        (["retrain.max_recall_drop=-0.1"], "retrain.max_recall_drop"),
+        (["retrain.model_name=a/b"], "retrain.model_name: 'a/b' must be letters, digits"),
+        (["retrain.lease_seconds=5"], "retrain.lease_seconds: 5 is outside [30, 86400]"),
+        (["retrain.test_data=s3://key:secret@host/b"], "retrain.test_data: must not hold credentials"),
     ],
 )
 def test_bad_values_fail_with_one_clear_line(overrides, message):
@@ -89,4 +103,19 @@ def test_parse_overrides_yaml_scalars():
         "a.d": "adam",
         "a.e": True,
         "a.f": "",
+    }
+
+
+def test_configs_saved_before_the_retrain_section_load_and_its_changes_resume(tmp_path):
+    old = Config().to_dict()
+    del old["retrain"]  # a checkpoint's config.yaml or a version's config from before the section
+    cfg = Config.from_dict(old)
+    assert cfg.retrain == Config().retrain
+    # The gate's thresholds never reach a checkpoint: changing them does not stop a run from resuming.
+    check_resumable(cfg, cfg.override({"retrain.margin": 0.05, "retrain.model_name": "other"}), "run")
+    with pytest.raises(ConfigError, match=r"model\.hidden: 128 -> 8"):
+        check_resumable(cfg, cfg.override({"model.hidden": 8}), "run")
+    assert recipe_values(cfg, ["model.hidden", "data.limit_train", "train.epochs", "tune.space.x"]) == {
+        "model.hidden": 128,
+        "train.epochs": 6,
     }

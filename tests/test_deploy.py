@@ -23,8 +23,10 @@ from support.manifests import (
     one,
     pod_specs,
     rayjob_errors,
+    rayjob_spec_errors,
     render,
     resource_files,
+    schedule_errors,
     schema_errors,
     security_errors,
 )
@@ -32,7 +34,8 @@ from support.manifests import (
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 K8S = ROOT / "k8s"
 OVERLAY = K8S / "overlays" / "example"
-KUSTOMIZATIONS = [K8S / "base", OVERLAY]
+RAYCRONJOB = K8S / "overlays" / "raycronjob"  # the example with KubeRay's RayCronJob in place of the CronJob
+KUSTOMIZATIONS = [K8S / "base", OVERLAY, RAYCRONJOB]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 COMMAND_LISTS = (
     "initialization_commands",
@@ -278,7 +281,7 @@ def test_service_account_has_least_rbac():
     (binding,) = by_kind(objs, "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "lstmclf"}]
-    for obj in by_kind(objs, "RayCluster") + by_kind(objs, "RayJob"):
+    for obj in by_kind(objs, "RayCluster") + by_kind(objs, "RayJob") + by_kind(objs, "CronJob"):
         for path, pod in pod_specs(obj):
             if path.endswith("headGroupSpec.template.spec"):  # the autoscaler sidecar's token
                 assert pod["serviceAccountName"] == "lstmclf" and pod.get("automountServiceAccountToken", True)
@@ -342,7 +345,12 @@ def test_every_written_command_parses_and_its_config_validates(command, tmp_path
 def test_commands_are_found_where_they_are_written():
     found = written_commands()
     sources = {c.source for c in found}
-    assert {"README.md", "k8s/base/rayjob.yaml"} <= sources
+    assert {"README.md", "k8s/base/rayjob.yaml", "k8s/base/retrain-cronjob.yaml"} <= sources
+    (scheduled,) = [c for c in found if c.source == "k8s/base/retrain-cronjob.yaml"]  # a container's argv
+    assert scheduled.job == "retrain" and scheduled.args[-2:] == ("--slot", "$(SLOT)")
+    (alternative,) = [c for c in found if c.source == "k8s/overlays/raycronjob/raycronjob.yaml"]
+    assert alternative.job == "retrain" and "--slot" not in alternative.args
+    assert {"retrain", "registry"} <= {c.job for c in found if c.source == "README.md"}
     entry = next(c for c in found if c.source == "k8s/base/rayjob.yaml")
     assert entry.job == "tune" and entry.args == ("--config", "/home/ray/recipe/tune.yaml")
     _, _, instructions = dockerfile()
@@ -353,3 +361,75 @@ def test_commands_are_found_where_they_are_written():
         commands.validate(stale)
     with pytest.raises(Exception, match=r"unknown config key 'tune\.max_concurent'"):
         commands.validate(commands.Command("test", "tune", ("--set", "tune.max_concurent=4"), ""))
+
+
+# --- scheduled retraining -----------------------------------------------------------------------------
+
+
+def retrain_container(cronjob: dict) -> dict:
+    (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@needs_kubectl
+def test_the_cronjob_runs_each_schedule_once_as_one_slot_on_the_long_lived_cluster(tmp_path):
+    objs = overlay()
+    cronjob, cluster = one(objs, "CronJob"), one(objs, "RayCluster")
+    spec, job = cronjob["spec"], cronjob["spec"]["jobTemplate"]["spec"]
+    assert not schedule_errors(spec["schedule"], spec.get("timeZone")), schedule_errors(spec["schedule"])
+    assert spec["concurrencyPolicy"] == "Forbid" and spec["startingDeadlineSeconds"] > 0
+    assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+    assert job["activeDeadlineSeconds"] > 0 and job["backoffLimit"] >= 1  # a retry resumes the same slot
+    # Kubernetes names a CronJob's Jobs <name>-<scheduled minutes> (11 characters) within 63.
+    assert len(cronjob["metadata"]["name"]) <= 52
+
+    container = retrain_container(cronjob)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SLOT"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/job-name']"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # The Ray token KubeRay made for the cluster (Secret named after it), and the mode that sends it.
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": cluster["metadata"]["name"],
+        "key": "auth_token",
+    }
+    argv = container["command"]
+    assert argv[:3] == ["ray", "job", "submit"] and argv[argv.index("--") + 1] == "python"
+    assert f"--address=http://{cluster['metadata']['name']}-head-svc:8265" in argv  # KubeRay's head Service
+    assert "--submission-id=$(POD_NAME)" in argv  # every attempt submits anew: Ray refuses a used id
+
+    # The command, with the slot a scheduled Job would give it, through jobs/retrain.py's own checks.
+    (command,) = commands.in_argv(argv, "cronjob")
+    slot = f"{cronjob['metadata']['name']}-{29412345}"
+    args = tuple(slot if a == "$(SLOT)" else a for a in command.args)
+    parsed = commands.validate(commands.Command("cronjob", "retrain", args, ""), mounted_files(objs, tmp_path))
+    assert parsed.slot == slot and parsed.config.endswith("/recipe/retrain.yaml")  # the ConfigMap on the head
+    bad = tuple("a/b" if a == slot else a for a in args)
+    with pytest.raises(Exception, match="slot 'a/b' must be letters"):
+        commands.validate(commands.Command("cronjob", "retrain", bad, ""), mounted_files(objs, tmp_path))
+
+
+@needs_kubectl
+@needs_schemas
+def test_the_raycronjob_alternative_validates_the_same_way():
+    objs = render(RAYCRONJOB)
+    assert not by_kind(objs, "CronJob"), "the RayCronJob replaces the CronJob: both would retrain"
+    raycronjob, cluster = one(objs, "RayCronJob"), one(objs, "RayCluster")
+    assert not schema_errors(raycronjob)
+    spec = raycronjob["spec"]
+    assert not schedule_errors(spec["schedule"], spec.get("timeZone"))
+    assert spec["schedule"] == one(overlay(), "CronJob")["spec"]["schedule"]
+    template = spec["jobTemplate"]
+    assert not rayjob_spec_errors(template), rayjob_spec_errors(template)
+    assert template["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert images(objs) == images(overlay())
+    # ... and the checks see what KubeRay and Kubernetes would refuse.
+    broken = copy.deepcopy(template)
+    broken["deletionStrategy"]["deletionRules"][0]["policy"] = "DeleteCluster"  # not ours to delete
+    del broken["clusterSelector"]
+    assert rayjob_spec_errors(broken) == ["one of rayClusterSpec and clusterSelector must be set"]
+    broken["clusterSelector"] = {"ray.io/cluster": "lstmclf"}
+    assert rayjob_spec_errors(broken) == ["deletionRules[0]: DeleteCluster is not supported with clusterSelector"]
+    assert schedule_errors("0 3 * * *", "Etc/UTC") == [] and schedule_errors("@daily") == []
+    assert len(schedule_errors("0 24 * * *", "Mars/Olympus")) == 2
+    assert schedule_errors("CRON_TZ=UTC 0 3 * * *") and schedule_errors("0 3 * *") and schedule_errors("*/0 3 * * *")

@@ -1,5 +1,6 @@
 """The training step without Ray: losses, optimizers, schedules."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,3 +23,25 @@ def test_schedules_step_through_tiny_runs(schedule, total, warmup):
         sched.step()
         lrs.append(opt.param_groups[0]["lr"])
     assert all(0.0 <= lr <= cfg.lr * (1 + 1e-9) for lr in lrs)
+
+
+def test_predictions_are_the_models_argmax_in_order_and_agree_with_its_accuracy(tmp_path):
+    """What the promotion gate pairs: every test image's predicted class, in the split's order, from the
+    same pass that computes the report (batches of 7 over 50 images: the order must survive them)."""
+    from support.inputs import write_checkpoint
+
+    from lstmclf.checkpoint import load_checkpoint, model_from_checkpoint
+    from lstmclf.data import Split
+    from lstmclf.evaluation import predict
+
+    write_checkpoint(tmp_path)
+    state = load_checkpoint(tmp_path)
+    rng = np.random.default_rng(0)
+    test = Split(rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50).astype(np.uint8))
+    report, predicted = predict(state, test, device=torch.device("cpu"), batch_size=7)
+    model, _ = model_from_checkpoint(state)
+    x = (torch.from_numpy(test.images).float().unsqueeze(1) - 0.13 * 255) / (0.31 * 255)
+    with torch.no_grad():
+        expected = model(x).argmax(dim=1).numpy()
+    assert predicted.shape == (50,) and (predicted == expected).all()
+    assert report["acc"] == pytest.approx((predicted == test.labels).mean()) and report["images"] == 50

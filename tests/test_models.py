@@ -278,7 +278,8 @@ def test_a_config_is_checked_without_torch() -> None:
 def test_models_and_data_never_import_ray() -> None:
     code = (
         "import sys, lstmclf.models, lstmclf.config, lstmclf.data, lstmclf.evaluation, lstmclf.registry, "
-        "lstmclf.space; lstmclf.config.ModelConfig(); print('ray' in sys.modules)"
+        "lstmclf.space, lstmclf.promotion, lstmclf.slots, lstmclf.retraining; lstmclf.config.ModelConfig(); "
+        "print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -161,3 +161,61 @@ def test_registry_job(s3, tmp_path):
     assert res.returncode == 2 and res.stderr.startswith("error: registry s3://") and "has no version 5" in res.stderr
     res = run_job("registry.py", "--registry", "s3://no-such-bucket/r", "--s3-endpoint", s3.endpoint, "list")
     assert res.returncode == 2 and res.stderr.startswith("error: bucket no-such-bucket does not exist")
+
+
+def test_rollback_puts_the_previous_champion_back(where, tmp_path):
+    uri, endpoint, _, write = where
+    r = Registry(uri, endpoint)
+    make_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
+    for _ in range(3):
+        r.register(str(tmp_path / "ckpt"), "m")
+    assert r.find_version("m", str(tmp_path / "ckpt" / "checkpoint.pt")) == 3  # the newest of that checkpoint
+    assert r.find_version("m", str(tmp_path / "other")) is None
+    seen = None
+    for v in (1, 2, 3):
+        seen = r.promote("m", v, expected=seen[1] if seen else None)
+    assert r.champion_record("m")[0]["previous"] == [2, 1]
+    stale = r.champion("m")[1]
+    assert r.rollback("m") == (2, 3) and r.champion("m")[0] == 2
+    with pytest.raises(RegistryError, match="changed since it was read"):
+        r.rollback("m", expected=stale)  # rollback is a conditional write too
+    assert r.rollback("m") == (1, 2) and r.champion_record("m")[0]["previous"] == []
+    with pytest.raises(RegistryError, match="records no champion before version 1"):
+        r.rollback("m")
+    # A pointer written before champions kept their history still loads; it has nothing to roll back to.
+    write("m/champion.json", json.dumps({"version": 3, "promoted_at": "2026-01-01", "by": "x", "nonce": "n"}).encode())
+    assert r.champion("m")[0] == 3
+    with pytest.raises(RegistryError, match="records no champion before version 3"):
+        r.rollback("m")
+    r.promote("m", 1, expected=r.champion("m")[1])
+    assert r.champion_record("m")[0]["previous"] == [3]
+
+
+def test_decision_records_are_written_once(where, tmp_path):
+    uri, endpoint, _, _ = where
+    r = Registry(uri, endpoint)
+    make_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
+    r.register(str(tmp_path / "ckpt"), "m")
+    assert r.decision("m", 1) is None
+    where_written = r.write_decision("m", 1, {"outcome": "rejected"})
+    assert where_written == f"{uri}/m/versions/000001/decision.json"
+    assert r.write_decision("m", 1, {"outcome": "rejected"}) == where_written  # the same record again: a retry
+    with pytest.raises(RegistryError, match="versions are immutable"):
+        r.write_decision("m", 1, {"outcome": "promoted"})
+    assert r.decision("m", 1) == {"outcome": "rejected"} and r.versions("m") == [1]
+    r.load("m", 1)  # decision.json beside the files version.json lists does not disturb loading
+
+
+def test_rollback_job(tmp_path):
+    make_checkpoint(tmp_path / "run" / "epoch_0001", seed=0, val_acc=0.5)
+    r = Registry(str(tmp_path / "registry"))
+    for v in (1, 2):
+        r.register(str(tmp_path / "run" / "epoch_0001"), "m")
+        r.promote("m", v, expected=r.champion("m")[1] if v > 1 else None)
+    reg = ["--registry", str(tmp_path / "registry")]
+    res = run_job("registry.py", *reg, "rollback", "m")
+    assert res.returncode == 0 and res.stdout == "m: champion is now version 1 (rolled back from version 2)\n", (
+        res.stderr
+    )
+    res = run_job("registry.py", *reg, "rollback", "m")
+    assert res.returncode == 2 and res.stderr.strip().endswith("m records no champion before version 1")

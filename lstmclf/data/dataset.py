@@ -157,6 +157,19 @@ def load_test(uri: str = SAMPLE, *, num_classes: int, endpoint: str = "") -> Spl
     return Split(files["test_images"][2], labels)
 
 
+def dataset_digest(uri: str, endpoint: str = "", roles: tuple[str, ...] = tuple(FILES)) -> dict[str, Any]:
+    """What identifies the data a decision was made on: the sha256 of its manifest.json (prepared data
+    lists every file's sha256 there), else the sha256 of each file of `roles`, read for the purpose."""
+    fs, root, names = _listing(uri, endpoint)
+    try:
+        if MANIFEST in names:
+            return {MANIFEST: integrity.sha256(storage.read_bytes(fs, f"{root}/{MANIFEST}"))}
+        files = _match(uri, root, names, roles).values()
+        return {"files": {p.rsplit("/", 1)[1]: integrity.sha256(storage.read_bytes(fs, p)) for p in files}}
+    except StorageError as e:
+        raise DataError(f"dataset {uri}: {e}") from None
+
+
 def _read_manifest(fs: Any, root: str, m: integrity.Manifest) -> dict[str, dict[str, Any]]:
     """manifest.json -> file name: its entry (role, sha256, bytes, shape). Only plain names of dataset
     files may be listed; an entry that is not a mapping lists nothing."""

@@ -99,13 +99,25 @@ def _shell_block(lines: list[str], source: str, variables: dict[str, str]) -> li
 
 
 def in_strings(node: object, source: str) -> list[Command]:
-    """The job commands in every string of a parsed YAML document (command lists, entrypoints)."""
+    """The job commands in every string of a parsed YAML document (shell lines, entrypoints) and in
+    every list of strings that is one command (a container's `command`, one argument an item)."""
     if isinstance(node, str):
         return [c for line in node.splitlines() for c in in_shell(line, source)]
     if isinstance(node, dict):
         return [c for v in node.values() for c in in_strings(v, source)]
     if isinstance(node, list):
-        return [c for v in node for c in in_strings(v, source)]
+        found = in_argv(node, source) if all(isinstance(v, str) for v in node) else []
+        return found + [c for v in node for c in in_strings(v, source)]
+    return []
+
+
+def in_argv(argv: list[str], source: str) -> list[Command]:
+    """The job command in an argument vector (`[..., "python", "/x/jobs/retrain.py", "--slot", "$(SLOT)"]`):
+    everything after the script is its arguments, as exec passes them."""
+    for i, token in enumerate(argv):
+        m = SCRIPT.fullmatch(token)
+        if m and i > 0 and PYTHON.fullmatch(argv[i - 1]):
+            return [Command(source, m.group(1), tuple(argv[i + 1 :]), shlex.join(argv))]
     return []
 
 
@@ -130,8 +142,8 @@ def parse(command: Command) -> argparse.Namespace:
 
 
 def validate(command: Command, config_files: dict[str, Path] | None = None) -> argparse.Namespace:
-    """Parse the command and build its config as the job's main() does (train, tune; registry reads
-    --config), which validates every value. A --config file is read from `config_files` (container
+    """Parse the command and build its config as the job's main() does (train, tune, retrain; registry
+    reads --config), which validates every value. A --config file is read from `config_files` (container
     paths: a mounted ConfigMap's local copy) or from the repository; a relative path that is in
     neither stands for a file of the user's (`recipe.yaml`) and is left out; an absolute one fails."""
     from lstmclf.cli import config_from_args
@@ -152,6 +164,11 @@ def validate(command: Command, config_files: dict[str, Path] | None = None) -> a
                 a.set.append(f"{key}={flag}")
         module = job_module("tune")
         config_from_args(a, prefix="tune", preset=module.SMOKE if a.smoke else None, pick_name=not a.resume)
+    elif command.job == "retrain":  # its own build_config: config, slot and recipe changes, all checked
+        for attr in ("slot", "registry", "test_data"):  # Kubernetes' $(VAR) stands for a value set at run time
+            if getattr(a, attr):
+                setattr(a, attr, re.sub(r"\$\((\w+)\)", lambda m: f"{m.group(1).lower()}-value", getattr(a, attr)))
+        job_module("retrain").build_config(a)
     elif command.job == "registry" and a.config:
         load_config(a.config)
     return a

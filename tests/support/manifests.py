@@ -172,9 +172,20 @@ def security_errors(obj: Obj) -> list[str]:
 def rayjob_errors(job: Obj) -> list[str]:
     """The rules KubeRay (v1.7, utils/validation.go) applies to a RayJob's lifetime fields before it
     accepts one: the CRD schema cannot say them."""
-    spec = job.get("spec", {})
+    return rayjob_spec_errors(job.get("spec", {}))
+
+
+def rayjob_spec_errors(spec: Obj) -> list[str]:
+    """`rayjob_errors` of a RayJob's spec (a RayCronJob's jobTemplate is one: KubeRay validates it so)."""
     errs = []
     rules = (spec.get("deletionStrategy") or {}).get("deletionRules") or []
+    selector = spec.get("clusterSelector") or {}
+    if not spec.get("rayClusterSpec") and not selector:
+        errs.append("one of rayClusterSpec and clusterSelector must be set")
+    if selector and not selector.get("ray.io/cluster"):
+        errs.append("clusterSelector needs the cluster's name under ray.io/cluster")
+    if selector and (spec.get("submissionMode") == "SidecarMode" or spec.get("suspend")):
+        errs.append("clusterSelector supports neither SidecarMode nor suspend")
     if spec.get("ttlSecondsAfterFinished", 0) > 0 and not spec.get("shutdownAfterJobFinishes"):
         errs.append("ttlSecondsAfterFinished without shutdownAfterJobFinishes")
     if rules and spec.get("shutdownAfterJobFinishes"):
@@ -190,6 +201,8 @@ def rayjob_errors(job: Obj) -> list[str]:
         if len(keys) != 1:
             errs.append(f"deletionRules[{i}]: exactly one of jobStatus and jobDeploymentStatus must be set")
             continue
+        if selector and rule.get("policy") in ("DeleteCluster", "DeleteWorkers"):
+            errs.append(f"deletionRules[{i}]: {rule.get('policy')} is not supported with clusterSelector")
         if autoscaling and rule.get("policy") == "DeleteWorkers":
             errs.append(f"deletionRules[{i}]: DeleteWorkers is not supported with autoscaling")
         by_policy = ttls.setdefault((keys[0], cond[keys[0]]), {})
@@ -206,6 +219,45 @@ def rayjob_errors(job: Obj) -> list[str]:
         errs.append("activeDeadlineSeconds must be positive")
     if spec.get("backoffLimit") is not None and spec["backoffLimit"] < 0:
         errs.append("backoffLimit must not be negative")
+    return errs
+
+
+# Standard cron fields (what Kubernetes' CronJob controller and KubeRay's RayCronJob parse, robfig/cron's
+# ParseStandard): minute, hour, day of month, month, day of week; names for months and days.
+CRON_FIELDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+CRON_NAMES = {3: "jan feb mar apr may jun jul aug sep oct nov dec".split(), 4: "sun mon tue wed thu fri sat".split()}
+CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+
+def schedule_errors(schedule: Any, time_zone: Any = None) -> list[str]:
+    """What is wrong with a CronJob's or RayCronJob's schedule and timeZone (an IANA name)."""
+    import zoneinfo
+
+    errs = []
+    if time_zone is not None:
+        try:
+            zoneinfo.ZoneInfo(str(time_zone))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            errs.append(f"timeZone {time_zone!r} is not an IANA time zone")
+    if not isinstance(schedule, str):
+        return [*errs, f"schedule {schedule!r} is not a string"]
+    if schedule.strip() in CRON_MACROS:
+        return errs
+    fields = schedule.split()
+    if len(fields) != 5 or "TZ" in schedule:
+        return [*errs, f"schedule {schedule!r}: five fields expected (time zones go in timeZone)"]
+    for i, (field, (lo, hi)) in enumerate(zip(fields, CRON_FIELDS, strict=True)):
+        names = {n: lo + k for k, n in enumerate(CRON_NAMES.get(i, []))}
+        for part in field.split(","):
+            span, _, step = part.partition("/")
+            bounds = [str(lo), str(hi)] if span == "*" else span.split("-")
+            values = [names.get(b.lower(), int(b) if b.isdigit() else None) for b in bounds]
+            if len(values) > 2 or None in values or not all(lo <= v <= hi for v in values) or values != sorted(values):
+                errs.append(f"schedule {schedule!r}: field {i + 1} ({field!r}) is not a valid cron field")
+                break
+            if step and not (step.isdigit() and int(step) > 0):
+                errs.append(f"schedule {schedule!r}: field {i + 1} has a bad step {step!r}")
+                break
     return errs
 
 
