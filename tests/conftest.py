@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from s3 import AWS_ENV, AWS_UNSET, S3, SeaweedFS
+from support.s3 import AWS_ENV, AWS_UNSET, S3, SeaweedFS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def aws_test_env():
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """One SeaweedFS S3 server for the session with a bucket; tests take fresh prefixes with
-    `s3.uri(name)`. Yields `tests.s3.S3` (endpoint, bucket, client(), env(), keys(uri))."""
+    `s3.uri(name)`. Yields `support.s3.S3` (endpoint, bucket, client(), env(), keys(uri))."""
     server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
     server.start()
     try:

@@ -14,7 +14,7 @@ import pytest
 import ray
 import ray.train
 from conftest import run_job
-from s3 import ACCESS_KEY, SECRET_KEY, SeaweedFS
+from support.s3 import ACCESS_KEY, SECRET_KEY, SeaweedFS
 from test_train import TINY, crash_after_first_report
 
 from lstmclf import records, training, worker
