@@ -7,7 +7,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from test_train import TINY
+from support.helpers import TINY
 
 from lstmclf import records, tuning
 from lstmclf.config import Config

@@ -10,9 +10,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import ROOT, run_job
 from ray.util.state import list_placement_groups
-from test_train import TINY
+from support.helpers import ROOT, TINY, run_job
 
 from lstmclf import tuning
 from lstmclf.config import Config
