@@ -56,6 +56,17 @@ def job_env(ray_address: str | None = None, env: dict[str, str | None] | None = 
     return out
 
 
+def start_job(script: str, *args: str, ray_address: str | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    """Start a jobs/ script in the background, its output discarded (a test that kills it)."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / script), *args],
+        env=job_env(ray_address),
+        cwd=cwd or ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def run_job(
     script: str,
     *args: str,
@@ -247,3 +258,26 @@ def wait_for_report(marks: Path, epoch: int, event: str, timeout: float = 300) -
                 return m["t"]
         time.sleep(0.2)
     raise TimeoutError(f"epoch {epoch} {event} not seen")
+
+
+def live_placement_groups(within_s: float) -> list[str]:
+    """Placement groups not yet removed, after giving Ray Train's cleaner `within_s` to free the
+    groups of trials stopped moments ago (it polls for their dead controllers)."""
+    from ray.util.state import list_placement_groups
+
+    deadline = time.time() + within_s
+    while True:
+        live = [
+            f"{pg.placement_group_id} {pg.state} {pg.bundles}"
+            for pg in list_placement_groups(detail=True)
+            if pg.state != "REMOVED"
+        ]
+        if not live or time.time() > deadline:
+            return live
+        time.sleep(1)
+
+
+def terminated_trials(store: Store, exp: str) -> int:
+    """Trials finished according to Tune's latest experiment state under `exp` (0 before there is one)."""
+    states = sorted(k for k in store.keys(exp) if re.fullmatch(r"experiment_state-[^/]*\.json", k))
+    return store.read(f"{exp}/{states[-1]}").decode().count("TERMINATED") if states else 0
