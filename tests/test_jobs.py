@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ray_started, run_job
+from support.helpers import ray_started, run_job
 
 from lstmclf.checkpoint import save_checkpoint
 from lstmclf.config import Config

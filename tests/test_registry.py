@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_job
+from support.helpers import run_job
 
 from lstmclf.checkpoint import save_checkpoint
 from lstmclf.config import Config

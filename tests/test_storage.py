@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
-from conftest import ray_started, run_job
-from s3 import ACCESS_KEY, NO_CREDENTIALS, SECRET_KEY, SeaweedFS, free_ports
+from support.helpers import ray_started, run_job
+from support.s3 import ACCESS_KEY, NO_CREDENTIALS, SECRET_KEY, SeaweedFS, free_ports
 
 from lstmclf import records, storage
 from lstmclf.config import Config
