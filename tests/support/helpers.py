@@ -263,13 +263,15 @@ def wait_for_report(marks: Path, epoch: int, event: str, timeout: float = 300) -
 def live_placement_groups(within_s: float) -> list[str]:
     """Placement groups not yet removed, after giving Ray Train's cleaner `within_s` to free the
     groups of trials stopped moments ago (it polls for their dead controllers)."""
+    import ray
     from ray.util.state import list_placement_groups
 
+    address = ray.get_runtime_context().gcs_address  # the session's: other Ray instances may run here
     deadline = time.time() + within_s
     while True:
         live = [
             f"{pg.placement_group_id} {pg.state} {pg.bundles}"
-            for pg in list_placement_groups(detail=True)
+            for pg in list_placement_groups(address=address, detail=True)
             if pg.state != "REMOVED"
         ]
         if not live or time.time() > deadline:
