@@ -181,7 +181,9 @@ def test_no_leaks_over_32_trials_with_early_stopping(ray_cluster, tmp_path):
     is left, and the driver's memory does not grow from trial to trial."""
     import psutil
 
+    # What the session's cluster holds already (other tests' in-process runs) is not this experiment's.
     pgs = {pg.placement_group_id for pg in list_placement_groups(address=ray_cluster) if pg.state != "REMOVED"}
+    actors = {a.actor_id for a in list_actors(address=ray_cluster, filters=[("state", "=", "ALIVE")])}
     args = [
         "--storage",
         "exp",
@@ -231,7 +233,7 @@ def test_no_leaks_over_32_trials_with_early_stopping(ray_cluster, tmp_path):
         train_actors = [
             a
             for a in list_actors(address=ray_cluster, filters=[("state", "=", "ALIVE")])
-            if a.class_name in ("RayTrainWorker", "TrainController")
+            if a.class_name in ("RayTrainWorker", "TrainController") and a.actor_id not in actors
         ]
         if not live_pgs and not train_actors and not alive_pids(workers):
             break
