@@ -65,6 +65,8 @@ class DataConfig:
     limit_train: int = 0  # 0 = all; else a stratified subset of the training files
     limit_test: int = 0  # 0 = all; else a stratified subset of the test files
     shift: int = 2  # max random shift in pixels, drawn per image on the batch tensor; 0 = off
+    rotate: float = 0.0  # max random rotation in degrees, per image, after the shift; 0 = off
+    scale: float = 0.0  # max random change of size (0.1: 90% to 110%), per image, with the rotation; 0 = off
     seed: int = 0  # seed of the split and the subsets (not of training)
 
     def __post_init__(self) -> None:
@@ -79,6 +81,8 @@ class DataConfig:
         _require(self.limit_train >= 0, "data.limit_train", f"{self.limit_train} < 0")
         _require(self.limit_test >= 0, "data.limit_test", f"{self.limit_test} < 0")
         _require(0 <= self.shift <= 8, "data.shift", f"{self.shift} is outside [0, 8]")
+        _require(0.0 <= self.rotate <= 180.0, "data.rotate", f"{self.rotate} is outside [0, 180]")
+        _require(0.0 <= self.scale < 1.0, "data.scale", f"{self.scale} is outside [0, 1)")
 
 
 @dataclass(frozen=True)
