@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_job
+from support.helpers import run_job
 from support.commands import job_module
 from test_comparison import two_sided
 

@@ -5,7 +5,7 @@ contenders chosen by validation accuracy, the table, report.md and the plots."""
 import math
 
 import pytest
-from conftest import ray_started, run_job
+from support.helpers import ray_started, run_job
 from test_promotion import binomial_tail, pairs
 
 from lstmclf import comparison
