@@ -49,6 +49,8 @@ def plain_epochs(cfg: Config, splits, epochs: int, dev: torch.device) -> list[fl
         std=splits.std,
         shuffle=True,
         shift=cfg.data.shift,
+        rotate=cfg.data.rotate,
+        scale=cfg.data.scale,
         seed=cfg.train.seed,
     )
     opt = build_optimizer(cfg.optim, model.parameters())

@@ -14,7 +14,7 @@ recipe for `jobs/train.py --config`, and the best checkpoint's test metrics.
 import argparse
 
 from lstmclf import cli
-from lstmclf.cli import add_config_args, config_from_args, run_main
+from lstmclf.cli import add_config_args, add_experiment_args, config_from_args, run_main
 
 SMOKE = {**cli.SMOKE, "tune.num_samples": 2}  # a seconds-long experiment of two trials
 
@@ -27,12 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers-per-trial", type=int, dest="workers", help="DDP workers per trial (same as --workers)")
     p.add_argument("--max-epochs", type=int, dest="epochs", help="epochs a trial may run (same as --epochs)")
     p.add_argument("--search", choices=["random", "optuna"], help="tune.search")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="resume the experiment --name (default: the newest experiment under --storage)",
-    )
-    p.add_argument("--smoke", action="store_true", help="tiny data, model and trial count: a seconds-long run")
+    add_experiment_args(p, smoke="tiny data, model and trial count: a seconds-long run")
     return p
 
 

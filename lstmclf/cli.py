@@ -55,6 +55,16 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_experiment_args(p: argparse.ArgumentParser, smoke: str) -> None:
+    """--resume and --smoke, the flags of the jobs that run a Ray Tune experiment; `smoke`: what --smoke runs."""
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume the experiment --name (default: the newest experiment under --storage)",
+    )
+    p.add_argument("--smoke", action="store_true", help=smoke)
+
+
 def config_from_args(
     a: argparse.Namespace,
     prefix: str = "run",

@@ -1,5 +1,5 @@
 """One typed, frozen config for a run: data, model, optim, loss, train, scaling, storage (and the
-sections only one job reads: tune, retrain).
+sections only one job reads: tune, retrain, compare).
 
 Built from YAML/JSON plus dotted overrides (`model.lstm_layers=3`). Every value is checked
 here, before Ray starts, so a typo costs one line of output instead of cluster time. The
@@ -65,6 +65,8 @@ class DataConfig:
     limit_train: int = 0  # 0 = all; else a stratified subset of the training files
     limit_test: int = 0  # 0 = all; else a stratified subset of the test files
     shift: int = 2  # max random shift in pixels, drawn per image on the batch tensor; 0 = off
+    rotate: float = 0.0  # max random rotation in degrees, per image, after the shift; 0 = off
+    scale: float = 0.0  # max random change of size (0.1: 90% to 110%), per image, with the rotation; 0 = off
     seed: int = 0  # seed of the split and the subsets (not of training)
 
     def __post_init__(self) -> None:
@@ -79,6 +81,8 @@ class DataConfig:
         _require(self.limit_train >= 0, "data.limit_train", f"{self.limit_train} < 0")
         _require(self.limit_test >= 0, "data.limit_test", f"{self.limit_test} < 0")
         _require(0 <= self.shift <= 8, "data.shift", f"{self.shift} is outside [0, 8]")
+        _require(0.0 <= self.rotate <= 180.0, "data.rotate", f"{self.rotate} is outside [0, 180]")
+        _require(0.0 <= self.scale < 1.0, "data.scale", f"{self.scale} is outside [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -270,6 +274,47 @@ class RetrainConfig:
         )
 
 
+# The models `jobs/compare.py` trains by default, each a partial `model` section applied to the config's own
+# (keys it leaves out keep the config's values): the CNN-LSTM default, the plain CNNs (linear head), the
+# pure row-LSTM, and the plain CNNs' backbones under the LSTM head.
+PRESET_VARIANTS: dict[str, Any] = {
+    "cnn_lstm": {"backbone": "small", "head": "lstm"},
+    "vgg": {"backbone": "vgg", "head": "linear"},
+    "resnet": {"backbone": "resnet", "head": "linear"},
+    "row_lstm": {"backbone": "none", "head": "lstm"},
+    "vgg_lstm": {"backbone": "vgg", "head": "lstm"},
+    "resnet_lstm": {"backbone": "resnet", "head": "lstm"},
+}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    # name -> partial `model` section; only the model differs between variants, so every one gets the same
+    # data, budget, batch and schedule. A file's variants replace the preset; --set compare.variants.NAME={...}
+    # adds one.
+    variants: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(PRESET_VARIANTS))
+    seeds: int = 3  # runs per variant, with train.seed 0, 1, ..., seeds - 1
+    alpha: float = 0.05  # significance level of the McNemar verdict (two-sided, per seed)
+
+    def __post_init__(self) -> None:
+        model_keys = [f.name for f in dataclasses.fields(ModelConfig)]
+        _require(bool(self.variants), "compare.variants", "must name at least one model")
+        for name, variant in self.variants.items():
+            key = f"compare.variants.{name}"[:200]
+            _require(PLAIN_NAME.fullmatch(name) is not None, key, "a name must be letters, digits, '.', '_' or '-'")
+            _require(
+                isinstance(variant, Mapping) and all(isinstance(k, str) for k in variant),
+                key,
+                f"must be a mapping of model keys (e.g. {{backbone: vgg, head: linear}}), got {shown(variant)}",
+            )
+            _require(bool(variant), key, "must set at least one model key (e.g. {backbone: small, head: lstm})")
+            for k in variant:
+                if k not in model_keys:
+                    raise unknown_key(f"{key}.{k}", [f"{key}.{m}" for m in model_keys])
+        _require(1 <= self.seeds <= 100, "compare.seeds", f"{self.seeds} is outside [1, 100]")
+        _require(0.0 < self.alpha < 1.0, "compare.alpha", f"{self.alpha} is outside (0, 1)")
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -281,6 +326,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)  # read by jobs/tune.py only
     retrain: RetrainConfig = field(default_factory=RetrainConfig)  # read by jobs/retrain.py only
+    compare: CompareConfig = field(default_factory=CompareConfig)  # read by jobs/compare.py only
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> Config:
@@ -325,6 +371,7 @@ RESUMABLE_CHANGES = (
     "storage.s3_endpoint",
     "storage.registry",
     "retrain.",
+    "compare.alpha",
 )
 
 
@@ -357,14 +404,23 @@ def dotted_keys(cls: type = Config, prefix: str = "") -> dict[str, type]:
     return out
 
 
+# Mapping-valued fields that `--set` adds one entry to (the preset's, unless a file gave the mapping):
+# tune.space.model.hidden={choice: [..]} (the space's own keys are dotted), compare.variants.NAME={...}.
+ENTRY_FIELDS = {"tune.space": PRESET_SPACE, "compare.variants": PRESET_VARIANTS}
+
+
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
-    if key.startswith("tune.space."):  # the space's own keys are dotted: tune.space.model.hidden={choice: [..]}
-        # Adds to (or replaces one entry of) the space in force, the preset unless a file gave one.
-        space = d.setdefault("tune", {}).setdefault("space", copy.deepcopy(PRESET_SPACE))
-        if not isinstance(space, dict):
-            raise ConfigError("config key tune.space is a value, not a section")
-        space[key.removeprefix("tune.space.")] = value
-        return
+    for name, preset in ENTRY_FIELDS.items():
+        if key.startswith(f"{name}."):
+            section, leaf = name.split(".")
+            entries = d.setdefault(section, {})
+            if not isinstance(entries, dict):
+                raise ConfigError(f"config key {section} is a value, not a section")
+            entries = entries.setdefault(leaf, copy.deepcopy(preset))
+            if not isinstance(entries, dict):
+                raise ConfigError(f"config key {name} is a value, not a section")
+            entries[key.removeprefix(f"{name}.")] = value
+            return
     *parents, leaf = key.split(".")
     node = d
     for i, part in enumerate(parents):

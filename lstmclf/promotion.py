@@ -55,12 +55,24 @@ def recall_per_class(labels: np.ndarray, predicted: np.ndarray, num_classes: int
         return np.where(support > 0, hits / np.maximum(support, 1), np.nan)
 
 
-def mcnemar_exact(b: int, c: int) -> float:
-    """One-sided exact McNemar p-value that the first model is better: P(X >= b) for X ~ Binomial(b + c,
-    1/2). 1.0 when there is no discordant pair (nothing tells the models apart)."""
+def discordant(labels: np.ndarray, first: np.ndarray, second: np.ndarray) -> tuple[int, int]:
+    """McNemar's discordant pairs of two models' predictions on the same images: (b, c), the number of
+    images only the first gets right and only the second gets right."""
+    labels, first, second = _labels(labels, "labels"), _labels(first, "first"), _labels(second, "second")
+    if not len(first) == len(second) == len(labels):
+        raise ValueError(f"{len(first)} and {len(second)} predictions for {len(labels)} labels")
+    a, o = first == labels, second == labels
+    return int(np.sum(a & ~o)), int(np.sum(~a & o))
+
+
+def mcnemar_exact(b: int, c: int, alternative: str = "greater") -> float:
+    """Exact McNemar p-value from the discordant pairs: X ~ Binomial(b + c, 1/2) if the two models are
+    equally good. "greater" (the gate's one-sided test that the first model is better): P(X >= b);
+    "two-sided" (either is better): 2 min(P(X >= b), P(X <= b)), at most 1. 1.0 when there is no
+    discordant pair (nothing tells the models apart)."""
     if b + c == 0:
         return 1.0
-    return float(binomtest(b, b + c, 0.5, alternative="greater").pvalue)
+    return float(binomtest(b, b + c, 0.5, alternative=alternative).pvalue)
 
 
 def decide(
@@ -91,7 +103,7 @@ def decide(
     if len(champion) != len(labels):
         raise ValueError(f"{len(champion)} champion predictions for {len(labels)} labels")
     old_right = champion == labels
-    b, c = int(np.sum(right & ~old_right)), int(np.sum(~right & old_right))
+    b, c = discordant(labels, challenger, champion)
     p = mcnemar_exact(b, c)
     gain = (b - c) / len(labels)  # = challenger accuracy - champion accuracy
     old_recall = recall_per_class(labels, champion, num_classes)

@@ -8,10 +8,14 @@ A space maps a key to a Tune distribution, written as in YAML:
     optim.name: {choice: [adam, nadam, adamw, sgd]}
     model.axis: {grid: [rows, cols]}           # every value, times num_samples
     model.hidden: 64                           # a constant
+    model: {grid: [{backbone: vgg, head: linear}, {backbone: small, width: 32}]}   # bundles of a section's keys
 
 Keys must be config fields; bounds and choices are checked against the field's type and range,
 and every sampled trial config is validated as a whole, so a typo or an impossible combination
-is one clear ConfigError before the cluster is used. Plain Python here (no Ray): lstmclf.tuning
+is one clear ConfigError before the cluster is used. A key may also name a section (`model`, `optim`,
+...): its values (grid, choice or a constant) are partial mappings of that section, several keys that
+change together (a model variant); a trial gets them as dotted overrides (`columns` names them), the
+keys a mapping leaves out at the base config's values. Plain Python here (no Ray): lstmclf.tuning
 turns the checked space into Tune's domain objects.
 """
 
@@ -25,6 +29,8 @@ from typing import Any
 
 from lstmclf.config import Config, ConfigError, dotted_keys, unknown_key
 from lstmclf.errors import shown
+
+SECTION_KINDS = ("choice", "grid")  # a section's mappings are picked, never drawn from a range
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 # Keys a trial may not vary: where results go, the search itself, and the workers (how many trials
@@ -52,21 +58,69 @@ class Dist:
 def parse(space: dict[str, Any], base: Config) -> dict[str, Dist]:
     """Check keys, forms, types and bounds of a space; one ConfigError line per problem."""
     fields = dotted_keys()
+    sections = {k.split(".")[0] for k in fields}
     if not isinstance(space, dict) or not space:
         raise ConfigError("tune.space must be a non-empty mapping of config keys to distributions")
     out = {}
     for key, spec in space.items():
         where = f"tune.space {key}"
-        if key not in fields:
-            raise ConfigError(f"tune.space: {unknown_key(key, fields)}")
-        if key.startswith(FIXED_PREFIXES):
+        if key not in fields and key not in sections:
+            raise ConfigError(f"tune.space: {unknown_key(key, [*fields, *sections])}")
+        if f"{key}.".startswith(FIXED_PREFIXES):
             raise ConfigError(f"{where}: {key.split('.')[0]} keys cannot be searched")
-        out[key] = dist = _parse_one(where, spec, fields[key])
+        if key in sections:
+            out[key] = dist = _parse_section(where, key, spec, fields)
+        else:
+            out[key] = dist = _parse_one(where, spec, fields[key])
         for value in _edge_values(dist):
             try:
-                base.override({key: value})
+                base.override(to_dotted({key: value}))
             except ConfigError as e:
                 raise ConfigError(f"{where}: value {shown(value)} is invalid ({e})") from None
+    for key in out:
+        bundled = [s for s in out if s in sections and key.startswith(f"{s}.") and key in columns({s: out[s]})]
+        if bundled:
+            raise ConfigError(f"tune.space {key}: searched twice, as a key and in the mappings of {bundled[0]}")
+    return out
+
+
+def _parse_section(where: str, section: str, spec: Any, fields: dict[str, type]) -> Dist:
+    """A section key's distribution: mappings of that section's keys, picked (grid, choice) or constant."""
+    picked = isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in KINDS
+    if picked and next(iter(spec)) not in SECTION_KINDS:
+        raise ConfigError(f"{where}: a section's values are mappings, picked with {' or '.join(SECTION_KINDS)}")
+    kind, values = next(iter(spec.items())) if picked else ("const", [spec])
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}: {kind} needs a non-empty list, got {shown(values)}")
+    for value in values:
+        if not isinstance(value, dict) or not value:
+            raise ConfigError(f"{where}: expected non-empty mappings of {section} keys, got {shown(value)}")
+        for k in value:
+            if f"{section}.{k}" not in fields:
+                raise ConfigError(f"{where}: {unknown_key(f'{section}.{k}', fields)}")
+    return Dist(kind, tuple(values))
+
+
+def columns(dists: dict[str, Dist]) -> list[str]:
+    """The dotted keys a trial's searched values go under: each dotted key, and for a section key
+    every key one of its mappings sets (in first-seen order)."""
+    out: dict[str, None] = {}
+    for key, d in dists.items():
+        if "." in key:
+            out[key] = None
+        else:
+            out |= {f"{key}.{k}": None for mapping in d.args for k in mapping}
+    return list(out)
+
+
+def to_dotted(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides with each section key's mapping spelled out as dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if "." not in key and isinstance(value, dict):
+            out |= {f"{key}.{k}": v for k, v in value.items()}
+        else:
+            out[key] = value
     return out
 
 
@@ -103,8 +157,10 @@ def _edge_values(d: Dist) -> tuple:
 
 
 def sample(cfg: Config, dists: dict[str, Dist], num_samples: int, seed: int) -> list[dict[str, Any]]:
-    """The trials' overrides: every grid combination times `num_samples` random draws, each
-    validated as a whole config (a combination that no config allows is an error now)."""
+    """The trials' overrides, dotted (`columns(dists)`, every one set in every trial: a section key's
+    mapping leaves the rest at `cfg`'s values): every grid combination times `num_samples` random draws,
+    each validated as a whole config (a combination that no config allows is an error now)."""
+    keys, base = columns(dists), flatten(cfg.to_dict())
     rng = random.Random(seed)
     grid_keys = [k for k, d in dists.items() if d.kind == "grid"]
     combos = list(itertools.product(*(dists[k].args for k in grid_keys))) or [()]
@@ -113,9 +169,27 @@ def sample(cfg: Config, dists: dict[str, Dist], num_samples: int, seed: int) -> 
         for _ in range(num_samples):
             overrides = {k: d.sample(rng) for k, d in dists.items() if d.kind != "grid"}
             overrides |= dict(zip(grid_keys, combo, strict=True))
+            shown_overrides, dotted = overrides, to_dotted(overrides)
+            overrides = {k: dotted[k] if k in dotted else base[k] for k in keys}
             try:
                 cfg.override(overrides)
             except ConfigError as e:
-                raise ConfigError(f"tune.space: sampled trial {len(trials) + 1} {overrides} is invalid ({e})") from None
+                raise ConfigError(
+                    f"tune.space: sampled trial {len(trials) + 1} {shown_overrides} is invalid ({e})"
+                ) from None
             trials.append(overrides)
     return trials
+
+
+def flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """`{"model": {"hidden": 32}}` -> `{"model.hidden": 32}` (one level: a config's sections)."""
+    return {f"{s}.{k}": v for s, values in config.items() for k, v in values.items()}
+
+
+def comparison(cfg: Config) -> dict[str, Any]:
+    """The search space of a comparison (`jobs/compare.py`): every model of compare.variants (a grid of
+    `model` mappings) times a grid of compare.seeds training seeds, 0 to seeds - 1."""
+    return {
+        "model": {"grid": list(cfg.compare.variants.values())},
+        "train.seed": {"grid": list(range(cfg.compare.seeds))},
+    }

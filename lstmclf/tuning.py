@@ -46,9 +46,14 @@ TRIAL_DRIVER_RESOURCES = {"node:__internal_head__": 0.001}
 class Plan:
     """An experiment checked before Ray starts: its search space and the trials it will run."""
 
-    dists: dict[str, space.Dist]  # searched key -> distribution
-    trials: list[dict[str, Any]]  # every random-search trial's overrides, sampled and validated
+    dists: dict[str, space.Dist]  # searched key (dotted, or a section's name) -> distribution
+    trials: list[dict[str, Any]]  # every random-search trial's overrides (dotted), sampled and validated
     num_trials: int
+
+    @property
+    def keys(self) -> list[str]:
+        """The dotted keys trials differ in: Tune's config keys, the results table's columns."""
+        return space.columns(self.dists)
 
 
 @dataclass(frozen=True)
@@ -62,13 +67,15 @@ class TuneOutcome:
 
 
 def run_experiment(
-    cfg: Config, *, resume: bool = False, splits: Splits | None = None, verbose: bool = False
+    cfg: Config, *, resume: bool = False, splits: Splits | None = None, verbose: bool = False, test_best: bool = True
 ) -> TuneOutcome:
     """Run (or resume) the experiment `cfg.storage.name` under `cfg.storage.path`.
 
     The search space, every sampled trial config, the data and the base model are checked
     before Ray is started, so bad input costs no cluster time. The console gets a line per
-    trial-epoch and one block per failed trial; `verbose` adds Ray's and Tune's own output."""
+    trial-epoch and one block per failed trial; `verbose` adds Ray's and Tune's own output.
+    `test_best`: score the best trial's checkpoint on the test split (a caller that scores every
+    trial itself, as the comparison does, leaves it out and gets empty test metrics)."""
     cfg = absolute_paths(cfg)  # every trial runs in a working directory of its own
     plan = plan_experiment(cfg)
     splits = preflight(cfg, splits)
@@ -76,14 +83,14 @@ def run_experiment(
     resumed = check_experiment(cfg, exp_uri, resume)
     init_ray(verbose=verbose)
     grid = fit_trials(cfg, plan, splits, exp_uri, resumed=resumed, verbose=verbose)
-    table = results_table(grid, cfg, plan.dists)
+    table = results_table(grid, cfg, plan.keys)
     if not table.num_rows or table["best_val_acc"][0].as_py() != table["best_val_acc"][0].as_py():
         raise RuntimeError(f"experiment {exp_uri}: no trial reported a result")
     endpoint = cfg.storage.s3_endpoint
     write_results(table, exp_uri, endpoint)
     best = table.slice(0, 1).to_pylist()[0]
-    recipe_uri = write_recipe(cfg, best, plan.dists, exp_uri)
-    test = evaluate_checkpoint(best["checkpoint"], splits.test, endpoint=endpoint)
+    recipe_uri = write_recipe(cfg, best, plan.keys, exp_uri)
+    test = evaluate_checkpoint(best["checkpoint"], splits.test, endpoint=endpoint) if test_best else {}
     summary = {
         "experiment": exp_uri,
         "trials": table.num_rows,
@@ -92,7 +99,7 @@ def run_experiment(
         "best_val_acc": best["best_val_acc"],
         "best_recipe": recipe_uri,
         "best_checkpoint": best["checkpoint"],
-        "test": headline(test),
+        **({"test": headline(test)} if test else {}),
     }
     storage.write_bytes(storage.join(exp_uri, "summary.json"), json.dumps(summary, indent=2).encode(), endpoint)
     return TuneOutcome(exp_uri, table, recipe_uri, best["checkpoint"], test, resumed)
@@ -136,7 +143,7 @@ def make_tuner(cfg: Config, plan: Plan, trainable: Any, exp_uri: str, *, verbose
     fs, root = storage.resolve(cfg.storage.path, cfg.storage.s3_endpoint)
     return tune.Tuner(
         trainable,
-        param_space={k: _domain(d) for k, d in plan.dists.items()},
+        param_space=_param_space(plan),
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode="max",
@@ -149,7 +156,7 @@ def make_tuner(cfg: Config, plan: Plan, trainable: Any, exp_uri: str, *, verbose
             storage_path=root,
             storage_filesystem=fs,
             verbose=1 if verbose else 0,
-            callbacks=[ProgressPrinter(cfg.train.epochs, cfg.tune.scheduler, list(plan.dists), cfg.storage.path)],
+            callbacks=[ProgressPrinter(cfg.train.epochs, cfg.tune.scheduler, plan.keys, cfg.storage.path)],
         ),
     )
 
@@ -176,9 +183,9 @@ def write_results(table: pa.Table, exp_uri: str, endpoint: str) -> None:
     storage.write_bytes(storage.join(exp_uri, "results.md"), markdown_table(table).encode(), endpoint)
 
 
-def write_recipe(cfg: Config, best: dict[str, Any], dists: dict[str, space.Dist], exp_uri: str) -> str:
+def write_recipe(cfg: Config, best: dict[str, Any], keys: list[str], exp_uri: str) -> str:
     """The best trial's whole config as a YAML recipe for `jobs/train.py --config`; returns its URI."""
-    recipe = cfg.override({k: best[k] for k in dists} | {"storage.name": ""})
+    recipe = cfg.override({k: best[k] for k in keys} | {"storage.name": ""})
     uri = storage.join(exp_uri, RECIPE)
     storage.write_bytes(uri, recipe.to_yaml().encode(), cfg.storage.s3_endpoint)
     return uri
@@ -195,6 +202,16 @@ def max_concurrent_trials(cfg: Config) -> int:
     if sc.use_gpu:
         fits = min(fits, int(res.get("GPU", 0) // (sc.num_workers * sc.gpus_per_worker)))
     return max(1, fits)
+
+
+def _param_space(plan: Plan) -> dict[str, Any]:
+    """Tune's search space over the dotted keys. Random search runs the trials sampled up front, so
+    there the domains only give Tune the keys' shapes; Optuna samples them (no section keys there)."""
+    out = {k: _domain(d) for k, d in plan.dists.items() if "." in k}
+    for key in plan.keys:  # the keys of a section's mappings: each trial sets all of them
+        if key not in out:
+            out[key] = tune.choice(list({repr(t[key]): t[key] for t in plan.trials}.values()))
+    return out
 
 
 def _domain(d: space.Dist) -> Any:
@@ -273,6 +290,11 @@ def _check_search(cfg: Config, dists: dict[str, space.Dist]) -> None:
         return
     if any(d.kind == "grid" for d in dists.values()):
         raise ConfigError("tune.space: grid entries need tune.search random (Optuna samples, it does not enumerate)")
+    sections = [k for k in dists if "." not in k]
+    if sections:
+        raise ConfigError(
+            f"tune.space {sections[0]}: a section's mappings need tune.search random (Optuna draws keys one by one)"
+        )
     try:
         import optuna  # noqa: F401
     except ImportError:
@@ -320,7 +342,7 @@ def make_scheduler(
     )
 
 
-def results_table(grid: tune.ResultGrid, cfg: Config, dists: dict[str, space.Dist]) -> pa.Table:
+def results_table(grid: tune.ResultGrid, cfg: Config, keys: list[str]) -> pa.Table:
     """One row per trial, ranked by best validation accuracy: its searched values, best epoch,
     epochs run, wall time, status and the checkpoint of its best epoch."""
     rows = []
@@ -336,7 +358,7 @@ def results_table(grid: tune.ResultGrid, cfg: Config, dists: dict[str, space.Dis
                     "epochs_run": 0,
                     "time_s": 0.0,
                     "checkpoint": "",
-                    **{k: (r.config or {}).get(k) for k in dists},  # None: the trial died before it started
+                    **{k: (r.config or {}).get(k) for k in keys},  # None: the trial died before it started
                 }
             )
             continue
@@ -354,7 +376,7 @@ def results_table(grid: tune.ResultGrid, cfg: Config, dists: dict[str, space.Dis
                 "epochs_run": epochs,
                 "time_s": float(df["time_total_s"].max()),
                 "checkpoint": storage.to_uri(cfg.storage.path, str(best.get(CHECKPOINT_PATH_KEY, ""))),
-                **{k: (r.config or {}).get(k) for k in dists},  # None: the trial died before it started
+                **{k: (r.config or {}).get(k) for k in keys},  # None: the trial died before it started
             }
         )
     rows.sort(key=lambda row: -row["best_val_acc"] if row["best_val_acc"] == row["best_val_acc"] else 1.0)

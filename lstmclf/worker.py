@@ -82,6 +82,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         std=splits.std,
         shuffle=True,
         shift=cfg.data.shift,
+        rotate=cfg.data.rotate,
+        scale=cfg.data.scale,
         seed=tr.seed,
         rank=rank,
         world_size=world,

@@ -15,6 +15,7 @@ from lstmclf.data import (
     load_test,
     parse_idx,
     prepare_dataset,
+    random_affine,
     random_shift,
     read_arrays,
 )
@@ -253,3 +254,47 @@ def test_random_shift_moves_each_image_by_its_own_offset():
     pos = (out == 255).nonzero()[:, 1:] - 4  # (B, 2) offsets of the single bright pixel
     assert out.shape == img.shape and len(pos) == 64  # nothing fell off the edge at shift 2
     assert pos.abs().max() <= 2 and len({tuple(p) for p in pos.tolist()}) > 10
+
+
+def orientation_and_size(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each (H,W) image's principal-axis angle (degrees, from its second moments) and total intensity."""
+    _, h, w = images.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    m = images.double()
+    mass = m.sum(dim=(1, 2))
+    cy, cx = (m * ys).sum(dim=(1, 2)) / mass, (m * xs).sum(dim=(1, 2)) / mass
+    dy, dx = ys - cy[:, None, None], xs - cx[:, None, None]
+    myy, mxx, mxy = ((m * d).sum(dim=(1, 2)) / mass for d in (dy * dy, dx * dx, dx * dy))
+    return torch.rad2deg(0.5 * torch.atan2(2 * mxy, mxx - myy)), mass
+
+
+def test_random_affine_rotates_and_scales_each_image_by_its_own_draw():
+    bar = torch.zeros(256, 28, 28)
+    bar[:, 13:15, 6:22] = 255.0  # a horizontal bar through the centre: orientation 0 degrees
+    same = random_affine(bar, 0.0, 0.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(same, bar, atol=1e-3)  # no rotation, no scaling: the images as they were
+
+    out = random_affine(bar, 20.0, 0.0, torch.Generator().manual_seed(1))
+    angle, mass = orientation_and_size(out)
+    assert angle.abs().max() <= 20.5 and angle.abs().max() > 15 and angle.std() > 5  # each its own angle
+    assert torch.allclose(mass, mass[0].expand_as(mass), rtol=0.05)  # rotation keeps the bar whole
+    assert torch.equal(out, random_affine(bar, 20.0, 0.0, torch.Generator().manual_seed(1)))  # seeded
+
+    _, mass = orientation_and_size(random_affine(bar, 0.0, 0.2, torch.Generator().manual_seed(2)))
+    ratio = mass / bar[0].sum()  # a bar's area grows with the scale twice (length, width; bilinear blurs its edges)
+    assert ratio.min() >= 0.8**2 - 0.1 and ratio.max() <= 1.2**2 + 0.1 and ratio.max() - ratio.min() > 0.4
+
+
+def test_training_batches_are_augmented_only_when_asked():
+    images = torch.zeros(64, 28, 28, dtype=torch.uint8)
+    images[:, 13:15, 6:22] = 255
+    labels = torch.zeros(64, dtype=torch.long)
+
+    def batch(**aug):
+        loader = BatchLoader(images, labels, 64, mean=0.0, std=1.0, shuffle=True, seed=3, **aug)
+        return next(iter(loader))[0][:, 0]
+
+    assert torch.equal(batch(), images.float() / 255)
+    angle, _ = orientation_and_size(batch(rotate=30.0))
+    assert angle.abs().max() > 10 and angle.abs().max() <= 30.5
+    assert torch.equal(batch(rotate=30.0, scale=0.1), batch(rotate=30.0, scale=0.1))

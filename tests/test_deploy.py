@@ -327,6 +327,8 @@ def mounted_files(objs: list[dict], tmp_path) -> dict:
 
 def written_commands() -> list[commands.Command]:
     found = commands.in_markdown(ROOT / "README.md") + commands.in_strings(cluster_yaml(), "cluster.yaml")
+    for path in sorted((ROOT / "docs").glob("*.md")):
+        found += commands.in_markdown(path)
     for path in sorted(K8S.rglob("*.yaml")):
         for doc in load(path):
             found += commands.in_strings(doc, str(path.relative_to(ROOT)))

@@ -67,6 +67,56 @@ def test_bad_spaces_fail_before_any_trial(bad, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_section_key_picks_bundles_of_that_sections_keys():
+    s = {
+        "model": {"grid": [{"backbone": "vgg", "head": "linear"}, {"backbone": "none"}, {"width": 8}]},
+        "train.seed": {"grid": [0, 1]},
+        "model.dropout": {"uniform": [0.0, 0.3]},
+    }
+    cfg = Config().override({"model.width": 12, "tune.space": s})
+    dists = space.parse(cfg.tune.space, cfg)
+    assert space.columns(dists) == ["model.backbone", "model.head", "model.width", "train.seed", "model.dropout"]
+    trials = space.sample(cfg, dists, 2, seed=0)
+    assert len(trials) == 12 and all(list(t) == space.columns(dists) for t in trials)  # every key in every trial
+    models = [(t["model.backbone"], t["model.head"], t["model.width"]) for t in trials[::4]]
+    # what a mapping leaves out keeps the base config's value (width 12, backbone small, head lstm)
+    assert models == [("vgg", "linear", 12), ("none", "lstm", 12), ("small", "lstm", 8)]
+    assert [t["train.seed"] for t in trials[:4]] == [0, 0, 1, 1] and all(0 <= t["model.dropout"] <= 0.3 for t in trials)
+    assert space.to_dotted({"model": {"width": 8}, "optim.lr": 0.1}) == {"model.width": 8, "optim.lr": 0.1}
+    const = Config().override({"tune.space": {"model": {"backbone": "vgg"}, "optim.lr": 0.01}})
+    assert space.sample(const, space.parse(const.tune.space, const), 1, 0) == [
+        {"model.backbone": "vgg", "optim.lr": 0.01}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"modle": {"grid": [{"width": 8}]}}, "tune.space: unknown config key 'modle' (did you mean 'model'?)"),
+        ({"model": {"grid": [{"widht": 8}]}}, "tune.space model: unknown config key 'model.widht' (did you mean"),
+        ({"model": {"grid": [8, 16]}}, "tune.space model: expected non-empty mappings of model keys, got 8"),
+        ({"model": {"grid": [{}]}}, "tune.space model: expected non-empty mappings of model keys, got {}"),
+        (
+            {"model": {"uniform": [0, 1]}},
+            "tune.space model: a section's values are mappings, picked with choice or grid",
+        ),
+        ({"storage": {"grid": [{"name": "x"}]}}, "tune.space storage: storage keys cannot be searched"),
+        (
+            {"model": {"grid": [{"backbone": "none", "head": "linear"}]}},
+            "tune.space model: value {'backbone': 'none', 'head': 'linear'} is invalid (config value model.head:",
+        ),
+        (
+            {"model": {"grid": [{"hidden": 8}]}, "model.hidden": {"choice": [16, 32]}},
+            "tune.space model.hidden: searched twice, as a key and in the mappings of model",
+        ),
+    ],
+)
+def test_bad_section_keys_fail_before_any_trial(bad, message):
+    with pytest.raises(ConfigError) as e:
+        sample(bad, num_samples=2)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
 def test_space_entries_can_be_set_from_the_command_line():
     cfg = load_config(None, ["tune.space.model.hidden={choice: [32, 64]}"])
     assert cfg.tune.space["model.hidden"] == {"choice": [32, 64]} and "optim.name" in cfg.tune.space

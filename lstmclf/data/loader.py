@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lstmclf.data.dataset import Split
 
@@ -35,12 +36,32 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     return padded[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W)
 
 
+def random_affine(
+    images: torch.Tensor, max_degrees: float, max_scale: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Rotate each image of a (B,H,W) float batch about its centre by its own random angle in
+    [-max_degrees, max_degrees] and scale it by its own factor in [1 - max_scale, 1 + max_scale];
+    bilinear, zero fill (as the shift's)."""
+    b, h, w = images.shape
+    u = torch.rand((2, b), device=images.device, generator=generator) * 2 - 1  # (2, B) uniform in [-1, 1)
+    angle = u[0] * math.radians(max_degrees)
+    scale = 1 + u[1] * max_scale
+    # affine_grid maps each output pixel to where it samples the input: the inverse transform, rotation by
+    # -angle and scaling by 1/scale, in coordinates normalised to [-1, 1].
+    cos, sin, zero = torch.cos(angle) / scale, torch.sin(angle) / scale, torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, sin, zero], 1), torch.stack([-sin, cos, zero], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)  # (B, H, W, 2)
+    return F.grid_sample(images[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+
+
 class BatchLoader:
     """Iterates (x, y) batches: x (B,1,H,W) float normalised, y (B,) int64.
 
     Training (`shuffle=True`): every epoch the same seeded permutation on all ranks; rank r takes
     every world_size-th index, trimmed to N // world_size, so all ranks run ceil(N/world/B) batches.
     Evaluation (`shuffle=False`): rank r takes indices r, r+world, ...: every item exactly once.
+    Augmentation (training): `shift` pixels at most, then (`rotate` degrees, `scale` relative) a random
+    rotation and scaling, drawn per image from a generator seeded by seed, epoch and rank.
     """
 
     def __init__(
@@ -53,6 +74,8 @@ class BatchLoader:
         std: float,
         shuffle: bool = False,
         shift: int = 0,
+        rotate: float = 0.0,
+        scale: float = 0.0,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -61,6 +84,7 @@ class BatchLoader:
             raise ValueError(f"{len(images)} items cannot be sharded over {world_size} ranks")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.shift, self.seed = batch_size, shuffle, shift, seed
+        self.rotate, self.scale = rotate, scale
         self.rank, self.world_size = rank, world_size
         self.mean, self.std = mean * 255.0, std * 255.0  # applied to raw uint8 values
         self.epoch = 0
@@ -83,13 +107,16 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self._indices()
         gen = None
-        if self.shift:
+        if self.shift or self.rotate or self.scale:
             gen = torch.Generator(device=self.images.device)
             gen.manual_seed((self.seed * 1_000_003 + self.epoch) * 1009 + self.rank)  # own draws per rank
         for start in range(0, len(idx), self.batch_size):
             b = idx[start : start + self.batch_size]
             x = self.images[b]  # (B, H, W) uint8
-            if gen is not None:
+            if self.shift:
                 x = random_shift(x, self.shift, gen)
-            x = (x.float() - self.mean) / self.std
+            x = x.float()
+            if self.rotate or self.scale:
+                x = random_affine(x, self.rotate, self.scale, gen)
+            x = (x - self.mean) / self.std
             yield x.unsqueeze(1), self.labels[b]  # (B, 1, H, W)

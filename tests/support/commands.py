@@ -142,7 +142,7 @@ def parse(command: Command) -> argparse.Namespace:
 
 
 def validate(command: Command, config_files: dict[str, Path] | None = None) -> argparse.Namespace:
-    """Parse the command and build its config as the job's main() does (train, tune, retrain; registry
+    """Parse the command and build its config as the job's main() does (train, tune, retrain, compare; registry
     reads --config), which validates every value. A --config file is read from `config_files` (container
     paths: a mounted ConfigMap's local copy) or from the repository; a relative path that is in
     neither stands for a file of the user's (`recipe.yaml`) and is left out; an absolute one fails."""
@@ -169,6 +169,8 @@ def validate(command: Command, config_files: dict[str, Path] | None = None) -> a
             if getattr(a, attr):
                 setattr(a, attr, re.sub(r"\$\((\w+)\)", lambda m: f"{m.group(1).lower()}-value", getattr(a, attr)))
         job_module("retrain").build_config(a)
+    elif command.job == "compare":  # its own build_config: seeds, alpha and every variant checked
+        job_module("compare").build_config(a)
     elif command.job == "registry" and a.config:
         load_config(a.config)
     return a
