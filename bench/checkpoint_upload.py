@@ -7,10 +7,12 @@ Part 1 times `upload_checkpoint` (what rank 0 does once per epoch: files, then t
 whole) for real checkpoints (weights + AdamW state) of two models, local and S3 interleaved.
 Part 2 times `ray.train.report` with a checkpoint, epoch by epoch, inside real Ray Train runs of
 the same config whose storage is local or S3. Both print Markdown for docs/benchmarks.md.
-Starts its own SeaweedFS (tests/s3.py) on free loopback ports and stops it at the end.
+Starts its own SeaweedFS (tests/support/s3.py, the test suite's launcher) on free loopback ports and
+stops it at the end.
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -20,9 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the test suite's SeaweedFS launcher
+sys.path.insert(0, str(ROOT))  # the test suite's SeaweedFS launcher, tests/support/s3.py
 
-from s3 import AWS_ENV, SeaweedFS  # noqa: E402
+from tests.support.s3 import AWS_ENV, SeaweedFS  # noqa: E402
 
 MODELS = {  # name -> overrides
     "CNN-LSTM (defaults)": {},
@@ -86,35 +88,25 @@ def part1(server: SeaweedFS, reps: int, tmp: Path) -> list[str]:
     return rows
 
 
-def timed_loop(loop_config, log_path):
-    """The real training loop, with each ray.train.report's duration appended to a local file."""
+def timed_report(log_path, metrics, **kwargs):
+    """The training loop's report hook: `ray.train.report`, its duration appended to a local file."""
     import ray.train
 
-    from lstmclf import train as lstm_train
-
-    real_report = ray.train.report
-
-    def report(metrics, **kwargs):
-        t0 = time.perf_counter()
-        real_report(metrics, **kwargs)
-        with open(log_path, "a") as f:
-            f.write(
-                json.dumps(
-                    {"epoch": metrics["epoch"], "report_s": time.perf_counter() - t0, "epoch_s": metrics["epoch_s"]}
-                )
-                + "\n"
-            )
-
-    lstm_train.ray.train.report = report
-    lstm_train.train_loop_per_worker(loop_config)
+    t0 = time.perf_counter()
+    ray.train.report(metrics, **kwargs)
+    with open(log_path, "a") as f:
+        f.write(
+            json.dumps({"epoch": metrics["epoch"], "report_s": time.perf_counter() - t0, "epoch_s": metrics["epoch_s"]})
+            + "\n"
+        )
 
 
 def part2(server: SeaweedFS, epochs: int, tmp: Path) -> list[str]:
     import ray
 
-    from lstmclf import train as lstm_train
+    from lstmclf import worker
     from lstmclf.config import Config
-    from lstmclf.driver import init_ray
+    from lstmclf.driver import init_ray, load_data
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     init_ray(num_cpus=2)
@@ -130,8 +122,7 @@ def part2(server: SeaweedFS, epochs: int, tmp: Path) -> list[str]:
     for kind, path in (("local", str(tmp / "runs")), ("s3", "s3://bench/part2")):
         cfg = Config().override(base | {"storage.path": path, "storage.name": f"bench-{kind}"})
         log = tmp / f"reports-{kind}.jsonl"
-        loop = lambda c, log=str(log): timed_loop(c, log)  # noqa: E731
-        trainer = lstm_train.make_trainer(cfg, lstm_train.load_data(cfg), loop=loop)
+        trainer = worker.make_trainer(cfg, load_data(cfg), report=functools.partial(timed_report, str(log)))
         trainer.fit()
         rec = [json.loads(line) for line in log.read_text().splitlines()][1:]  # epoch 1 warms up
         stats[kind] = (statistics.median(r["report_s"] for r in rec), statistics.median(r["epoch_s"] for r in rec))

@@ -1,13 +1,10 @@
+"""Fixtures only; what tests share besides them is in `support.helpers` (and `support.s3`)."""
+
 import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from s3 import AWS_ENV, AWS_UNSET, S3, SeaweedFS
-
-ROOT = Path(__file__).resolve().parents[1]
+from support.helpers import LocalStore, S3Store
+from support.s3 import AWS_ENV, AWS_UNSET, S3, SeaweedFS
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,7 +26,7 @@ def aws_test_env():
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """One SeaweedFS S3 server for the session with a bucket; tests take fresh prefixes with
-    `s3.uri(name)`. Yields `tests.s3.S3` (endpoint, bucket, client(), env(), keys(uri))."""
+    `s3.uri(name)`. Yields `support.s3.S3` (endpoint, bucket, client(), env(), keys(uri))."""
     server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
     server.start()
     try:
@@ -37,6 +34,16 @@ def s3(tmp_path_factory):
         yield S3(server, "lstmclf-test")
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def store(request, tmp_path_factory):
+    """Where a scenario keeps its runs, once per kind of storage (as Ray's own persistence tests
+    parametrise theirs): a local directory, or a prefix in the session's S3 bucket with the data
+    read from the bucket too. Module-scoped, so a module's shared runs are made once per kind."""
+    if request.param == "s3":
+        return S3Store(request.getfixturevalue("s3"))
+    return LocalStore(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -61,34 +68,3 @@ def ray_cluster():
     )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-
-
-def run_job(
-    script: str,
-    *args: str,
-    ray_address: str | None = None,
-    timeout: float = 600,
-    cwd: Path | None = None,
-    env: dict[str, str | None] | None = None,
-) -> subprocess.CompletedProcess:
-    """Run a jobs/ script the way a user does; joins the test cluster when given its address.
-    `env` adds variables to the job's environment (None removes one)."""
-    overrides = env or {}
-    env = {k: v for k, v in os.environ.items() if k not in overrides}
-    env |= {k: v for k, v in overrides.items() if v is not None}
-    env.pop("RAY_ADDRESS", None)
-    if ray_address:
-        env["RAY_ADDRESS"] = ray_address
-    return subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / script), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=cwd or ROOT,
-    )
-
-
-def ray_started(output: str) -> bool:
-    """Whether a job's output says it started or joined Ray (ours, or Ray's own INFO line with --verbose)."""
-    return re.search(r"(?i)started a local Ray|joined the Ray cluster", output) is not None

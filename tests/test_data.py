@@ -5,6 +5,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from support.inputs import write_dataset
 
 from lstmclf.data import (
     BatchLoader,
@@ -20,22 +21,6 @@ from lstmclf.data import (
 from lstmclf.data.dataset import stratified_take
 from lstmclf.data.sample import NAMES
 from lstmclf.errors import DataError
-
-
-def write_dataset(d, n_train=40, n_test=20, hw=(28, 28), classes=4, seed=0, **replace):
-    """Write a small, valid MNIST-format dataset; `replace` swaps a file's bytes by role."""
-    rng = np.random.default_rng(seed)
-    arrays = {
-        "train_images": rng.integers(0, 256, (n_train, *hw), dtype=np.uint8),
-        "train_labels": (np.arange(n_train) % classes).astype(np.uint8),
-        "test_images": rng.integers(0, 256, (n_test, *hw), dtype=np.uint8),
-        "test_labels": (np.arange(n_test) % classes).astype(np.uint8),
-    }
-    d.mkdir(parents=True, exist_ok=True)
-    for role, arr in arrays.items():
-        raw = replace.get(role, encode_idx(arr))
-        (d / NAMES[role]).write_bytes(raw)
-    return arrays
 
 
 def test_idx_round_trip_gzipped_and_raw():

@@ -1,11 +1,124 @@
 """The training step without Ray: losses, optimizers, schedules."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
-from lstmclf.config import SCHEDULES, OptimConfig
-from lstmclf.engine import build_optimizer, build_scheduler
+from lstmclf.config import LOSSES, OPTIMIZERS, SCHEDULES, LossConfig, OptimConfig
+from lstmclf.engine import FocalLoss, build_loss, build_optimizer, build_scheduler, train_epoch
+
+LOGITS = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0], [-2.0, 4.0, 0.0], [0.0, 0.0, 0.0]])
+TARGETS = torch.tensor([0, 2, 0, 1])
+
+
+def lrs_over(cfg: OptimConfig, total: int) -> list[float]:
+    """The learning rate of every step of a `total`-step run (as the loop steps it: after each batch)."""
+    opt = build_optimizer(cfg, torch.nn.Linear(2, 2).parameters())
+    sched = build_scheduler(cfg, opt, total)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(total):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    return lrs[:total]  # the rate each of the `total` steps used
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_every_loss_is_a_mean_per_image_and_learns(name):
+    loss_fn = build_loss(LossConfig(name=name))
+    logits = LOGITS.clone().requires_grad_(True)
+    loss = loss_fn(logits, TARGETS)
+    assert loss.ndim == 0 and loss.item() > 0
+    loss.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    # A confidently right batch costs less than a confidently wrong one.
+    right = loss_fn(torch.eye(3)[TARGETS[:3]] * 10, TARGETS[:3])
+    wrong = loss_fn(torch.eye(3)[(TARGETS[:3] + 1) % 3] * 10, TARGETS[:3])
+    assert right < wrong
+
+
+def test_focal_loss_with_gamma_zero_is_cross_entropy_and_down_weights_easy_images():
+    ce = torch.nn.functional.cross_entropy(LOGITS, TARGETS)
+    assert FocalLoss(0.0)(LOGITS, TARGETS).item() == pytest.approx(ce.item(), rel=1e-6)
+    per_image_ce = torch.nn.functional.cross_entropy(LOGITS, TARGETS, reduction="none")
+    p_true = torch.exp(-per_image_ce)
+    expected = ((1 - p_true) ** 2 * per_image_ce).mean()
+    assert FocalLoss(2.0)(LOGITS, TARGETS).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert FocalLoss(2.0)(LOGITS, TARGETS) < ce
+
+
+def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
+    eps, k = 0.1, LOGITS.shape[1]
+    smooth = torch.full((len(TARGETS), k), eps / k).scatter_(1, TARGETS[:, None], 1 - eps + eps / k)
+    expected = -(smooth * torch.log_softmax(LOGITS, dim=1)).sum(dim=1).mean()
+    got = build_loss(LossConfig(name="label_smoothing", label_smoothing=eps))(LOGITS, TARGETS)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert build_loss(LossConfig(name="cross_entropy", label_smoothing=eps))(LOGITS, TARGETS).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(LOGITS, TARGETS).item(), rel=1e-6
+    )  # label_smoothing is read by its own loss only
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_takes_a_step_that_lowers_the_loss(name):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 3)
+    cfg = OptimConfig(name=name, lr=0.05, weight_decay=0.0)
+    opt = build_optimizer(cfg, model.parameters())
+    x = torch.randn(16, 3)
+    y = torch.randint(0, 3, (16,))
+    before = [p.detach().clone() for p in model.parameters()]
+    first = torch.nn.functional.cross_entropy(model(x), y)
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    assert torch.nn.functional.cross_entropy(model(x), y) < first
+    assert opt.param_groups[0]["lr"] == cfg.lr
+    if name == "sgd":
+        assert opt.param_groups[0]["momentum"] == cfg.momentum and opt.param_groups[0]["nesterov"]
+
+
+def test_onecycle_warms_up_to_the_peak_then_anneals():
+    lrs = lrs_over(OptimConfig(schedule="onecycle", lr=0.01, warmup=0.2), 100)
+    peak = max(range(100), key=lrs.__getitem__)
+    assert 18 <= peak <= 21 and lrs[peak] == pytest.approx(0.01, rel=1e-3)
+    assert lrs[0] < 0.01 / 20  # OneCycle starts at max_lr / 25
+    assert all(a <= b for a, b in itertools.pairwise(lrs[: peak + 1])) and lrs[-1] < 1e-5
+
+
+def test_cosine_warms_up_linearly_then_decays_to_zero():
+    lrs = lrs_over(OptimConfig(schedule="cosine", lr=0.01, warmup=0.1), 100)
+    assert lrs[:10] == pytest.approx([0.01 * (i + 1) / 10 for i in range(10)])
+    assert lrs[10] == pytest.approx(0.01) and all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+    assert lrs[-1] == pytest.approx(0.01 * 0.5 * (1 + np.cos(np.pi * 89 / 90)), rel=1e-6)
+    assert lrs_over(OptimConfig(schedule="cosine", lr=0.01, warmup=0.0), 10)[0] == pytest.approx(0.01)
+
+
+def test_constant_stays_at_the_peak():
+    assert lrs_over(OptimConfig(schedule="constant", lr=0.02, warmup=0.3), 7) == [0.02] * 7
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.01])
+def test_gradient_clipping_bounds_the_global_norm(clip):
+    """train_epoch clips the gradients' global norm before each step (0 = off)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 3)
+    seen = []
+
+    class Spy(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item())
+            return super().step(closure)
+
+    opt = Spy(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    batches = [(torch.randn(8, 3) * 100, torch.randint(0, 3, (8,))) for _ in range(3)]
+    train_epoch(model, batches, opt, sched, torch.nn.CrossEntropyLoss(), device=torch.device("cpu"), grad_clip=clip)
+    assert len(seen) == 3
+    assert all(n <= clip * (1 + 1e-5) for n in seen) if clip else any(n > 1.0 for n in seen)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

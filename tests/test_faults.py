@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from ray.util.state import list_actors, list_placement_groups
+from support.helpers import ROOT
 
 from lstmclf.config import Config
 from lstmclf.records import read_metrics

@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from conftest import ray_started, run_job
+from support.helpers import ray_started, run_job
 from support.inputs import write_checkpoint, write_dataset
 
 from lstmclf.data import encode_idx, parse_idx

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_data import write_dataset
-from test_registry import make_checkpoint
+from support.inputs import write_checkpoint, write_dataset
 
 from lstmclf import integrity, storage
 from lstmclf.checkpoint import load_checkpoint
@@ -151,7 +150,7 @@ def dataset(tmp_path: Path, _request) -> Target:
 
 def checkpoint(tmp_path: Path, request, register: bool = False, s3: bool = False) -> Target:
     d = tmp_path / "ckpt"
-    make_checkpoint(d, seed=0, val_acc=0.5)
+    write_checkpoint(d, seed=0, val_acc=0.5)
     server = request.getfixturevalue("s3") if s3 else None
     registry = Registry(server.uri("registry"), server.endpoint) if server else Registry(str(tmp_path / "registry"))
     owner = f"checkpoint {d}"
@@ -173,7 +172,7 @@ def checkpoint(tmp_path: Path, request, register: bool = False, s3: bool = False
 
 
 def registered(tmp_path: Path, request, s3: bool = False) -> Target:
-    make_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
+    write_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
     if s3:
         server = request.getfixturevalue("s3")
         uri, endpoint = server.uri("registry"), server.endpoint
@@ -261,7 +260,7 @@ def test_a_file_the_manifest_does_not_list_is_never_read(target):
 
 
 def test_registering_copies_only_the_files_the_manifest_lists(tmp_path):
-    make_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
+    write_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
     (tmp_path / "ckpt" / "unlisted.bin").write_bytes(b"never copied")
     Registry(str(tmp_path / "registry")).register(str(tmp_path / "ckpt"), "m")
     copied = sorted(p.name for p in (tmp_path / "registry" / "m" / "versions" / "000001").iterdir())

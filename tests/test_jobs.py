@@ -6,12 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ray_started, run_job
+from support.helpers import ray_started, run_job
+from support.inputs import write_checkpoint
 
-from lstmclf.checkpoint import save_checkpoint
-from lstmclf.config import Config
 from lstmclf.data import encode_idx
-from lstmclf.models import build_model
 
 
 @pytest.mark.parametrize(
@@ -33,22 +31,6 @@ def test_train_job_rejects_bad_input_before_ray_starts(tmp_path, args, message):
     assert res.stderr.startswith(message), res.stderr
     assert not ray_started(res.stdout + res.stderr)
     assert not (tmp_path / "runs").exists()
-
-
-def write_checkpoint(d):
-    cfg = Config().override({"model.width": 4, "model.hidden": 8})
-    model = build_model(cfg.model, 10, (1, 28, 28))
-    save_checkpoint(
-        d,
-        {
-            "model": model.state_dict(),
-            "epoch": 0,
-            "config": cfg.to_dict(),
-            "metrics": {},
-            "data": {"num_classes": 10, "image_shape": [1, 28, 28], "mean": 0.13, "std": 0.31},
-        },
-    )
-    return model
 
 
 def test_evaluate_refuses_a_tampered_or_missing_checkpoint(tmp_path):

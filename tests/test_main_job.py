@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import ray_started, run_job
+from support.helpers import ray_started, run_job
 
 pytestmark = pytest.mark.slow
 

@@ -4,34 +4,14 @@ register and load, names outside a checkpoint refused: tests/test_integrity.py."
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_job
+from support.helpers import run_job
+from support.inputs import write_checkpoint
 
-from lstmclf.checkpoint import save_checkpoint
-from lstmclf.config import Config
 from lstmclf.errors import RegistryError
-from lstmclf.models import build_model
 from lstmclf.registry import Registry
-
-
-def make_checkpoint(d: Path, seed: int, val_acc: float) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = Config().override({"model.width": 4, "model.hidden": 8, "model.lstm_layers": 1})
-    model = build_model(cfg.model, 10, (1, 28, 28))
-    save_checkpoint(
-        d,
-        {
-            "model": model.state_dict(),
-            "epoch": 2,
-            "config": cfg.to_dict(),
-            "metrics": {"epoch": 3, "val_acc": val_acc},
-            "data": {"num_classes": 10, "image_shape": [1, 28, 28], "mean": 0.13, "std": 0.31},
-        },
-    )
-    return model.eval()
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])
@@ -48,7 +28,7 @@ def where(request, tmp_path):
 def test_register_list_show_promote_load(where, tmp_path):
     uri, endpoint, read, _ = where
     r = Registry(uri, endpoint)
-    models = [make_checkpoint(tmp_path / f"run/epoch_000{i}", seed=i, val_acc=0.9 + i / 100) for i in (1, 2)]
+    models = [write_checkpoint(tmp_path / f"run/epoch_000{i}", seed=i, val_acc=0.9 + i / 100) for i in (1, 2)]
     assert r.register(str(tmp_path / "run/epoch_0001"), "mnist") == 1
     assert r.register(str(tmp_path / "run/epoch_0002"), "mnist", source="exp-42") == 2
     assert r.names() == ["mnist"] and r.versions("mnist") == [1, 2] and r.champion("mnist") is None
@@ -80,7 +60,7 @@ def test_register_list_show_promote_load(where, tmp_path):
 
 def test_versions_are_immutable_and_numbers_never_shared(where, tmp_path):
     uri, endpoint, read, _ = where
-    make_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
+    write_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
     registries = [Registry(uri, endpoint) for _ in range(4)]
     got: list[int] = []
     threads = [
@@ -99,7 +79,7 @@ def test_versions_are_immutable_and_numbers_never_shared(where, tmp_path):
 
 def test_concurrent_promotions_leave_exactly_one_winner(where, tmp_path):
     uri, endpoint, _, _ = where
-    make_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
+    write_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
     setup = Registry(uri, endpoint)
     for _ in range(3):
         setup.register(str(tmp_path / "ckpt"), "m")
@@ -129,7 +109,7 @@ def test_concurrent_promotions_leave_exactly_one_winner(where, tmp_path):
 
 
 def test_registry_job_locally(tmp_path):
-    make_checkpoint(tmp_path / "run" / "epoch_0003", seed=0, val_acc=0.875)
+    write_checkpoint(tmp_path / "run" / "epoch_0003", seed=0, val_acc=0.875)
     reg = ["--registry", str(tmp_path / "registry")]
     res = run_job("registry.py", *reg, "list")
     assert res.returncode == 0 and res.stdout == f"no models in {tmp_path / 'registry'}\n", res.stderr
@@ -146,7 +126,7 @@ def test_registry_job_locally(tmp_path):
 
 @pytest.mark.slow
 def test_registry_job(s3, tmp_path):
-    make_checkpoint(tmp_path / "run" / "epoch_0003", seed=0, val_acc=0.875)
+    write_checkpoint(tmp_path / "run" / "epoch_0003", seed=0, val_acc=0.875)
     reg = ["--registry", s3.uri("registry"), "--s3-endpoint", s3.endpoint]
     res = run_job("registry.py", *reg, "register", str(tmp_path / "run" / "epoch_0003"), "--name", "mnist")
     assert res.returncode == 0 and "as mnist version 1" in res.stdout, res.stderr
@@ -166,7 +146,7 @@ def test_registry_job(s3, tmp_path):
 def test_rollback_puts_the_previous_champion_back(where, tmp_path):
     uri, endpoint, _, write = where
     r = Registry(uri, endpoint)
-    make_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
+    write_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
     for _ in range(3):
         r.register(str(tmp_path / "ckpt"), "m")
     assert r.find_version("m", str(tmp_path / "ckpt" / "checkpoint.pt")) == 3  # the newest of that checkpoint
@@ -194,7 +174,7 @@ def test_rollback_puts_the_previous_champion_back(where, tmp_path):
 def test_decision_records_are_written_once(where, tmp_path):
     uri, endpoint, _, _ = where
     r = Registry(uri, endpoint)
-    make_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
+    write_checkpoint(tmp_path / "ckpt", seed=0, val_acc=0.5)
     r.register(str(tmp_path / "ckpt"), "m")
     assert r.decision("m", 1) is None
     where_written = r.write_decision("m", 1, {"outcome": "rejected"})
@@ -207,7 +187,7 @@ def test_decision_records_are_written_once(where, tmp_path):
 
 
 def test_rollback_job(tmp_path):
-    make_checkpoint(tmp_path / "run" / "epoch_0001", seed=0, val_acc=0.5)
+    write_checkpoint(tmp_path / "run" / "epoch_0001", seed=0, val_acc=0.5)
     r = Registry(str(tmp_path / "registry"))
     for v in (1, 2):
         r.register(str(tmp_path / "run" / "epoch_0001"), "m")

@@ -15,7 +15,7 @@ import time
 
 import pytest
 import yaml
-from conftest import ROOT, ray_started, run_job
+from support.helpers import ROOT, ray_started, run_job
 
 from lstmclf.data import prepare_dataset
 from lstmclf.registry import Registry

@@ -1,7 +1,7 @@
 """Search spaces: checked and sampled before any trial, with one clear line per mistake."""
 
 import pytest
-from conftest import ray_started, run_job
+from support.helpers import ray_started, run_job
 
 from lstmclf import space
 from lstmclf.config import PRESET_SPACE, Config, load_config

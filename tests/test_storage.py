@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
-from conftest import ray_started, run_job
-from s3 import ACCESS_KEY, NO_CREDENTIALS, SECRET_KEY, SeaweedFS, free_ports
+from support.helpers import ray_started, run_job
+from support.s3 import ACCESS_KEY, NO_CREDENTIALS, SECRET_KEY, SeaweedFS, free_ports
 
 from lstmclf import records, storage
 from lstmclf.config import Config
@@ -50,22 +50,20 @@ def test_credentials_never_enter_a_config():
 
 
 def test_transient_errors_are_retried_and_others_are_not():
+    """The retry loop: transient errors again after ~1, 2 s (jittered), others at once."""
+    refused = real_pyarrow_error(f"127.0.0.1:{free_ports(1)[0]}")  # nothing listens there
     calls = []
 
     def flaky():
         calls.append(1)
         if len(calls) < 3:
-            raise OSError("When reading information for key 'x': AWS Error NETWORK_CONNECTION during HeadObject")
+            raise refused
         return "done"
 
     waits: list[float] = []
     assert storage.retry(flaky, "reading x", sleep=waits.append) == "done" and len(calls) == 3
     assert len(waits) == 2 and 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0  # jittered doubling
-    for e in (
-        FileNotFoundError("x"),
-        OSError("AWS Error ACCESS_DENIED during PutObject"),
-        OSError("AWS Error UNKNOWN (HTTP status 409) ExistingObjectIsFile"),
-    ):
+    for e in (FileNotFoundError("x"), StorageError("x")):
         calls.clear()
 
         def fail(e=e):
@@ -75,8 +73,64 @@ def test_transient_errors_are_retried_and_others_are_not():
         with pytest.raises(type(e)):
             storage.retry(fail, "x", sleep=waits.append)
         assert len(calls) == 1  # not retried
-    assert storage.is_transient(OSError("AWS Error SLOW_DOWN during PutObject operation: Please reduce your rate"))
-    assert storage.is_transient(OSError("AWS Error UNKNOWN (HTTP status 503) during GetObject"))
+
+
+def real_pyarrow_error(endpoint: str, **keys: str) -> OSError:
+    """The OSError pyarrow's S3 filesystem really raises for one request to `endpoint`."""
+    fs = pafs.S3FileSystem(
+        endpoint_override=endpoint,
+        scheme="http",
+        connect_timeout=1,
+        request_timeout=2,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1),
+        **keys,
+    )
+    try:
+        fs.get_file_info("lstmclf-test/x")
+    except OSError as e:
+        return e
+    raise AssertionError(f"a request to {endpoint} did not fail")
+
+
+@pytest.mark.slow
+def test_transient_or_not_is_told_from_real_errors(s3):
+    """botocore's errors by their codes and types, pyarrow's (which carry no codes) by what the SDK
+    really says; each raised by a real request, not written by hand."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+    from botocore.exceptions import ClientError
+
+    closed = f"127.0.0.1:{free_ports(1)[0]}"
+    assert storage.is_transient(real_pyarrow_error(closed))  # connection refused
+    denied = real_pyarrow_error(s3.endpoint.removeprefix("http://"), access_key="nobody", secret_key="wrong-secret")
+    assert not storage.is_transient(denied)
+
+    def boto_error(endpoint: str, key: str = ACCESS_KEY, secret: str = SECRET_KEY) -> Exception:
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            region_name="us-east-1",
+            config=BotoConfig(retries={"max_attempts": 0}, connect_timeout=1, read_timeout=2),
+        )
+        try:
+            client.head_object(Bucket="lstmclf-test", Key="missing")
+        except Exception as e:
+            return e
+        raise AssertionError("the request did not fail")
+
+    assert storage.is_transient(boto_error(f"http://{closed}"))  # EndpointConnectionError
+    assert not storage.is_transient(boto_error(s3.endpoint))  # 404
+    assert not storage.is_transient(boto_error(s3.endpoint, "nobody", "wrong-secret"))  # 403
+    # Throttling and 5xx cannot be had from a healthy server: botocore's ClientError carries them as codes.
+    for code, status in (("SlowDown", 503), ("InternalError", 500), ("RequestTimeout", 400)):
+        assert storage.is_transient(
+            ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+        )
+    assert not storage.is_transient(
+        ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
+    )
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from s3 import free_ports
+from support.s3 import free_ports
 
 VENV_BIN = Path(sys.executable).parent  # `ray`, and the `python` a job's entrypoint runs, come from here
 PORT_FLAGS = (
