@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from support.helpers import ROOT
 
 from lstmclf.config import load_config
 from lstmclf.models import build_model
