@@ -65,9 +65,12 @@ def test_time_to_accuracy_smoke(tmp_path):
 def test_input_path_smoke(tmp_path):
     res = bench("input", tmp_path=tmp_path)
     rates = res["img_s"]
-    assert {"lstmclf", "lstmclf, shift 2", "torchvision DataLoader, 0 workers", "torchvision DataLoader, 2 workers"} <= (
-        rates.keys()
-    )
+    assert {
+        "lstmclf",
+        "lstmclf, shift 2",
+        "torchvision DataLoader, 0 workers",
+        "torchvision DataLoader, 2 workers",
+    } <= (rates.keys())
     assert all(number(r["median"]) and r["median"] > 0 for r in rates.values())
     share = res["input_share_of_epoch"]
     assert number(share["share"]) and 0 < share["share"] < 1

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from support.helpers import run_job
 from support.commands import job_module
+from support.helpers import run_job
 from test_comparison import two_sided
 
 from lstmclf.config import PRESET_VARIANTS, Config
