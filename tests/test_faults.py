@@ -176,6 +176,7 @@ def alive_pids(pids: set[int]) -> set[int]:
     return {p for p in pids if Path(f"/proc/{p}").exists()}
 
 
+@pytest.mark.timeout(1800)  # 32 Train V2 runs start about 8 processes each: 10-12 minutes on 2 cores
 def test_no_leaks_over_32_trials_with_early_stopping(ray_cluster, tmp_path):
     """32 trials, ASHA stopping most: afterwards no placement group, Train actor or training process
     is left, and the driver's memory does not grow from trial to trial."""

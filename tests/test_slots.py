@@ -69,9 +69,9 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_finds_out(registry):
 
 
 def test_the_heartbeat_keeps_a_lease_and_stops_a_run_that_lost_it(registry):
-    lease = claim(registry, "m", "beat", 4, fields).lease
+    lease = claim(registry, "m", "beat", 10, fields).lease
     with lease:
-        time.sleep(6)  # beats every second: outlives its lease (a loaded machine may stall a beat or two)
+        time.sleep(12)  # beats every 2.5 s: outlives its lease (a loaded machine stalled 4 s leases' beats)
         assert claim(registry, "m", "beat", 4, fields).status == "held"
     # A holder whose slot was taken over gets SIGINT from its heartbeat, as Ctrl-C would stop it.
     lease = claim(registry, "m", "lost", 1, fields).lease
