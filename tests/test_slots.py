@@ -5,6 +5,7 @@ finds out."""
 
 import datetime as dt
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -69,6 +70,16 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_finds_out(registry):
 
 
 def test_the_heartbeat_keeps_a_lease_and_stops_a_run_that_lost_it(registry):
+    # Python's own Ctrl-C handler: Ray Train's fit() installs one of its own and leaves it behind, so an
+    # in-process run earlier in the session would otherwise take this SIGINT.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _heartbeat_then_lost(registry)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _heartbeat_then_lost(registry) -> None:
     lease = claim(registry, "m", "beat", 10, fields).lease
     with lease:
         time.sleep(12)  # beats every 2.5 s: outlives its lease (a loaded machine stalled 4 s leases' beats)
