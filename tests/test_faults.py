@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from ray.util.state import list_actors, list_placement_groups
-from support.helpers import ROOT
+from support.helpers import ROOT, start_job
 
 from lstmclf.config import Config
 from lstmclf.records import read_metrics
@@ -143,15 +143,9 @@ def test_a_tune_trial_whose_worker_dies_resumes_and_the_experiment_completes(ray
         "tune.max_concurrent=2",
         *[f"--set={k}={v}" for k, v in FAULT.items() if k != "scaling.num_workers"],
     ]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_ADDRESS": ray_cluster}
     before = {w.pid for w in train_workers(ray_cluster)}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "jobs" / "tune.py"), *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_job(
+        "tune.py", *args, ray_address=ray_cluster, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     exp = tmp_path / "exp" / "faulty"
     deadline = time.time() + 300
@@ -209,15 +203,8 @@ def test_no_leaks_over_32_trials_with_early_stopping(ray_cluster, tmp_path):
         "--set",
         "tune.space={optim.lr: {loguniform: [1.0e-4, 1.0e-2]}}",
     ]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_ADDRESS": ray_cluster}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "jobs" / "tune.py"), *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
+    proc = start_job(
+        "tune.py", *args, ray_address=ray_cluster, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     driver, rss, workers = psutil.Process(proc.pid), [], set()
     for line in proc.stdout:  # the job's own console: one line when each trial ends

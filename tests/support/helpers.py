@@ -56,14 +56,24 @@ def job_env(ray_address: str | None = None, env: dict[str, str | None] | None = 
     return out
 
 
-def start_job(script: str, *args: str, ray_address: str | None = None, cwd: Path | None = None) -> subprocess.Popen:
-    """Start a jobs/ script in the background, its output discarded (a test that kills it)."""
+def start_job(
+    script: str,
+    *args: str,
+    ray_address: str | None = None,
+    cwd: Path | None = None,
+    stdout: int = subprocess.DEVNULL,
+    stderr: int = subprocess.DEVNULL,
+) -> subprocess.Popen:
+    """Start a jobs/ script in the background (a test that kills it or reads it as it goes); its output
+    discarded unless `stdout`/`stderr` say otherwise (subprocess.PIPE, STDOUT), as text, line-buffered."""
     return subprocess.Popen(
         [sys.executable, str(ROOT / "jobs" / script), *args],
         env=job_env(ray_address),
         cwd=cwd or ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        bufsize=1,
     )
 
 
