@@ -170,7 +170,9 @@ def run_trial(overrides: dict[str, Any], shared: dict[str, Any]) -> None:
     table = EpochRecorder(
         storage.join(shared["experiment"], "metrics"), trial_id, cfg.to_dict(), cfg.storage.s3_endpoint, shared["sink"]
     )
-    make_trainer(cfg, shared["data"], callbacks=[TuneReportCallback(), table]).fit()
+    # The row first: once TuneReportCallback hands Tune the result, a scheduler may stop the trial
+    # (ASHA at a rung) and its actors die before any later callback runs.
+    make_trainer(cfg, shared["data"], callbacks=[table, TuneReportCallback()]).fit()
 
 
 def write_results(table: pa.Table, exp_uri: str, endpoint: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from ray.util.state import list_actors, list_placement_groups
-from support.helpers import ROOT, start_job
+from support.helpers import ROOT, registered_checkpoints, start_job
 
 from lstmclf.config import Config
 from lstmclf.records import read_metrics
@@ -93,7 +93,8 @@ def test_a_worker_process_killed_mid_run(ray_cluster, reference, tmp_path):
     # its checkpoint (the checkpoint's own manifest lands a moment before: killed then, the run restarts
     # from scratch, rightly).
     wait_for(run / "metrics" / "trial_id=killed" / "epoch=1.parquet", thread)
-    stamps = {p.parent.name: p.stat().st_mtime_ns for p in run.glob("epoch_*/checkpoint.pt")}
+    stamps = registered_checkpoints(run)
+    assert "epoch_0001" in stamps
     victim = next(w for w in train_workers(ray_cluster) if w.pid not in before)
     os.kill(victim.pid, signal.SIGKILL)
     killed_at = time.time()
@@ -120,6 +121,7 @@ def test_a_worker_node_lost_mid_run(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["epochs_run"] == 3
+    assert "epoch_0001" in got["checkpoints_before_loss"]
     assert {k: got["checkpoints_after"][k] for k in got["checkpoints_before_loss"]} == got["checkpoints_before_loss"]
     assert sorted({e for e, _ in got["reported"]}) == [1, 2, 3]
     assert any(t > got["lost_at"] for _, t in got["reported"])

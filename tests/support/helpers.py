@@ -241,6 +241,18 @@ def epoch_dirs(keys: list[str], under: str = "") -> list[str]:
     return sorted({k.removeprefix(prefix).split("/")[0] for k in keys if k.startswith(f"{prefix}epoch_")})
 
 
+def registered_checkpoints(run: Path) -> dict[str, int]:
+    """mtime (ns) of each checkpoint of the run at `run` that Ray Train had registered: its epoch's row
+    is in the metrics table (written after registration). A checkpoint already on disk without its row
+    may rightly be trained and written again after a fault; a registered one never."""
+    rows = {int(p.stem.split("=")[1]) for p in run.glob("metrics/trial_id=*/epoch=*.parquet")}
+    return {
+        p.parent.name: p.stat().st_mtime_ns
+        for p in run.glob("epoch_*/checkpoint.pt")
+        if int(p.parent.name.removeprefix("epoch_")) in rows
+    }
+
+
 def crash_after_first_report(*args, **kwargs):
     """Fault injection through the loop's report hook: epoch 1 is reported, then the worker dies."""
     ray.train.report(*args, **kwargs)

@@ -20,9 +20,12 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for support.helpers
+
 from lstmclf.config import Config
 from lstmclf.records import read_metrics
 from lstmclf.training import fit
+from support.helpers import registered_checkpoints
 
 
 def free_ports(n: int) -> list[int]:
@@ -65,7 +68,7 @@ def main(storage: str, overrides: dict) -> dict:
             if not thread.is_alive():
                 raise RuntimeError("the run ended before its first checkpoint")
             time.sleep(0.05)
-        before = {p.parent.name: p.stat().st_mtime_ns for p in run.glob("epoch_*/checkpoint.pt")}
+        before = registered_checkpoints(run)
         alive = list_actors(
             address=cluster.address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
         )
