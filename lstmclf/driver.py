@@ -147,7 +147,18 @@ def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
         ctx = ray.init(address=address, runtime_env=RUNTIME_ENV, **quiet)
         where = f"joined the Ray cluster at {address}"
     else:
-        ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, runtime_env=RUNTIME_ENV, **quiet)
+        # Ray Train's PreemptionWatcher logs the drain notices a cloud autoscaler sends before it takes a
+        # node; a machine of one's own gets none, and the watcher is one more process (about 1 s of CPU)
+        # per worker-group start. Set RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 to keep it.
+        env = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")}
+        os.environ.update(env)  # fit() on this driver passes it to the Train controller it starts
+        ctx = ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            runtime_env=RUNTIME_ENV | {"env_vars": env},  # and Tune's trial actors, which start theirs
+            **quiet,
+        )
         where = "started a local Ray"
     if not verbose:
         # Messages the raylet publishes to drivers (worker-start warnings and the like) are printed

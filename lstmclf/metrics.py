@@ -1,20 +1,32 @@
-"""Classification metrics (torchmetrics): correct across DDP ranks because states are synced on compute()."""
+"""Classification metrics (torchmetrics): correct across DDP ranks because states are synced on compute().
+
+torchmetrics is imported where a collection is built, not with this module: its package import pulls
+in torchvision, torch._dynamo and scipy.signal (about 3 s of CPU), and every Ray process that
+unpickles the training loop imports this module, the Train controller and Tune's trial actor too,
+which never compute a metric.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
 
 
 def metric_collection(num_classes: int, *, detailed: bool = False) -> MetricCollection:
     """Accuracy and macro precision / recall / F1; `detailed` adds per-class scores and the confusion matrix."""
+    from torchmetrics import MeanMetric, MetricCollection
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MulticlassConfusionMatrix,
+        MulticlassF1Score,
+        MulticlassPrecision,
+        MulticlassRecall,
+    )
+
     metrics = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
         "precision": MulticlassPrecision(num_classes, average="macro"),

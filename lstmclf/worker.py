@@ -63,6 +63,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     quiet_report_log()
     report = loop_config.get("report") or ray.train.report
     cfg = Config.from_dict(loop_config["config"])
+    import torchmetrics  # noqa: F401  (lstmclf.metrics defers it; loaded here, not in epoch 1's time)
+
     data = loop_config["data"]
     splits: Splits = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     ctx = ray.train.get_context()
