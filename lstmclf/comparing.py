@@ -125,9 +125,12 @@ def labels_digest(test: Split) -> str:
     return hashlib.sha256(np.ascontiguousarray(test.labels, dtype=np.int64).tobytes()).hexdigest()
 
 
-def _score(uri: str, test: Split, endpoint: str) -> dict[str, Any]:
+def _score(uri: str, test: Split, endpoint: str, cpus: int) -> dict[str, Any]:
     """A Ray task: a checkpoint's test scores, confusion matrix and predicted class of every test image."""
     from lstmclf.checkpoint import load_checkpoint
+    from lstmclf.engine import use_cpus
+
+    use_cpus(cpus)
 
     report, predicted = predict(load_checkpoint(uri, endpoint), test)
     return {"scores": {**headline(report), "confusion": report["confusion"]}, "predictions": predicted.tolist()}
@@ -157,7 +160,7 @@ def score_runs(cfg: Config, exp_uri: str, runs: list[Run], test: Split) -> tuple
         num_cpus=sc.cpus_per_worker, num_gpus=sc.gpus_per_worker if sc.use_gpu else 0, max_retries=2
     )
     test_ref = ray.put(test)
-    pending = {task.remote(r.checkpoint, test_ref, storage.endpoint_url(endpoint)): r for r in todo}
+    pending = {task.remote(r.checkpoint, test_ref, storage.endpoint_url(endpoint), sc.cpus_per_worker): r for r in todo}
     while pending:
         [done], _ = ray.wait(list(pending), num_returns=1)
         r = pending.pop(done)

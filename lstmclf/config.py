@@ -171,7 +171,7 @@ class TrainConfig:
 class ScalingConfig:
     num_workers: int = 1  # DDP processes, one per GPU when use_gpu
     use_gpu: bool = False
-    cpus_per_worker: int = 1  # also each worker's torch thread count (Ray sets OMP_NUM_THREADS)
+    cpus_per_worker: int = 1  # also each worker's torch thread count (engine.use_cpus)
     gpus_per_worker: float = 1.0  # only read when use_gpu
 
     def __post_init__(self) -> None:

@@ -47,7 +47,7 @@ def trained(ray_cluster, store):
 
 
 def test_ddp_run_learns(trained):
-    _, out, run, history = trained
+    cfg, out, run, history = trained
     assert out.run_path == run
     assert [m["epoch"] for m in history] == [1, 2]
     assert history[1]["train_loss"] < history[0]["train_loss"]
@@ -55,6 +55,8 @@ def test_ddp_run_learns(trained):
     for key in ("val_precision", "val_recall", "val_f1", "val_loss", "lr", "train_img_s"):
         assert np.isfinite(history[1][key])
     assert out.epochs_run == 2
+    # Each of the 2 workers computes on its 1 reserved CPU, not on every core (torch's default).
+    assert history[1]["threads"] == cfg.scaling.cpus_per_worker == 1 < torch.get_num_threads()
 
 
 def test_checkpoints_summary_and_metrics_table_land_in_storage(trained, store):
