@@ -75,9 +75,9 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 def use_cpus(cpus: int) -> None:
     """Size torch's intra-op thread pool to the CPUs Ray reserved for this process. Ray's
-    OMP_NUM_THREADS comes too late (torch is imported when the loop is unpickled), and torch's default,
-    every core of the machine, oversubscribes it: two 1-CPU trials on 2 cores ran four compute threads
-    and trained at a quarter of the expected rate."""
+    OMP_NUM_THREADS does not reach torch in Ray Train's workers, and torch's default, every core of
+    the machine, oversubscribes it: two 1-CPU trials on 2 cores ran four compute threads and trained
+    at a quarter of the expected rate."""
     torch.set_num_threads(max(int(cpus), 1))
 
 
