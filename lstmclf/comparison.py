@@ -195,7 +195,8 @@ def summarize(variants: list[Variant], runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def best_of(rows: list[dict[str, Any]], kind: str) -> str | None:
-    """The variant of this kind with the highest mean validation accuracy (rows come best first)."""
+    """The variant of this kind with the highest mean validation accuracy (rows come best first; the
+    sort is stable, so a tie goes to the first in compare.variants' order)."""
     return next((r["model"] for r in rows if r["kind"] == kind and r["val_acc"] == r["val_acc"]), None)
 
 

@@ -38,8 +38,10 @@ def test_compare_smoke_reports_every_model_and_resumes_without_training(ray_clus
 
     # The contenders are the best of each kind by mean validation accuracy, paired seed by seed.
     v = summary["verdict"]
-    assert v["cnn_lstm"] == max(CNN_LSTMS, key=lambda m: rows[m]["val_acc"])
-    assert v["plain_cnn"] == max(PLAIN_CNNS, key=lambda m: rows[m]["val_acc"])
+    # Ties (likely on the smoke's few validation images) go to the first in compare.variants' order.
+    for side, kind in (("cnn_lstm", CNN_LSTMS), ("plain_cnn", PLAIN_CNNS)):
+        best = max(rows[m]["val_acc"] for m in kind)
+        assert v[side] == next(m for m in PRESET_VARIANTS if m in kind and rows[m]["val_acc"] == best)
     labels = np.asarray(load_data(Config().override(job_module("compare").SMOKE)).test.labels)
     run_of = {(r["variant"], r["seed"]): r["trial_id"] for r in summary["runs"]}
     for t in v["per_seed"]:
