@@ -164,8 +164,11 @@ def tree_rss(root: int) -> tuple[int, int]:
 def run_command(cmd: list[str], log: Path, on_line: Callable[[float, str], None] | None = None) -> dict[str, Any]:
     """Run `cmd` to its end: its wall time, peak RSS (tree sum and largest process, sampled every 0.5 s)
     and every stdout line with the seconds since start it arrived at; stdout and stderr also go to `log`."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each side starts its own Ray
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    from lstmclf.driver import job_env
+
+    env = job_env(  # no RAY_ADDRESS: each side starts its own Ray
+        env={"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    )
     peak = [0, 0]
     lines: list[tuple[float, str]] = []
     t0 = time.perf_counter()

@@ -131,6 +131,17 @@ def pin_cluster_address() -> None:
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
+def job_env(ray_address: str | None = None, env: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """This process's environment for a job command it starts: `env` added (None removes a variable),
+    RAY_ADDRESS only if given, so the job starts a Ray of its own unless told which to join."""
+    overrides = env or {}
+    out = {k: v for k, v in os.environ.items() if k not in overrides and k != "RAY_ADDRESS"}
+    out |= {k: v for k, v in overrides.items() if v is not None}
+    if ray_address:
+        out["RAY_ADDRESS"] = ray_address
+    return out
+
+
 def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
     """Join the cluster in RAY_ADDRESS, or start a local Ray of this job's own (never one that `ray
     start` left on the machine), its dashboard on: Ray Train frees the placement groups of stopped

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lstmclf.driver import job_env
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
     "data.limit_train": 300,
@@ -57,7 +59,7 @@ def one_run(repo: Path, trials: int) -> dict:
         cmd = [sys.executable, str(repo / "jobs" / "tune.py"), "--storage", "exp", "--name", "cost"]
         cmd += ["--num-samples", str(trials), "--workers", "1", "--epochs", "2"]
         cmd += [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(repo)}
+        env = job_env(env={"PYTHONPATH": str(repo)})  # a Ray of its own
         busy0, total0 = cpu_ticks()
         t0 = time.perf_counter()
         res = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 import ray.cloudpickle
 import ray.train
 
+from lstmclf.driver import job_env
 from support.s3 import S3
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,16 +44,6 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def sets(overrides: dict) -> list[str]:
     """`overrides` as a job's `--set key=value` flags."""
     return [f"--set={k}={v}" for k, v in overrides.items()]
-
-
-def job_env(ray_address: str | None = None, env: dict[str, str | None] | None = None) -> dict[str, str]:
-    """This process's environment for a job: `env` added (None removes a variable), RAY_ADDRESS only if given."""
-    overrides = env or {}
-    out = {k: v for k, v in os.environ.items() if k not in overrides and k != "RAY_ADDRESS"}
-    out |= {k: v for k, v in overrides.items() if v is not None}
-    if ray_address:
-        out["RAY_ADDRESS"] = ray_address
-    return out
 
 
 def start_job(
