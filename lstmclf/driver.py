@@ -25,6 +25,7 @@ from lstmclf.config import Config, check_resumable, load_yaml
 from lstmclf.data import Splits, load_splits
 from lstmclf.errors import CheckpointError, ConfigError, DataError
 from lstmclf.models import build_model
+from lstmclf.worker_setup import RUNTIME_ENV
 
 EXPERIMENT_CONFIG = "lstmclf_experiment.yaml"  # an experiment's base config, to refuse a mismatched resume
 
@@ -114,23 +115,6 @@ def latest_experiment(storage_uri: str, endpoint: str = "") -> str:
     return max(started)[1]
 
 
-# Run in every worker process of the jobs lstmclf starts or joins (their runtime_env).
-RUNTIME_ENV = {"worker_process_setup_hook": "lstmclf.driver.pin_cluster_address"}
-
-
-def pin_cluster_address() -> None:
-    """Point Ray's state API in this worker process at the worker's own cluster.
-
-    Given no address, the state API finds "the" cluster by scanning the machine for GCS processes;
-    with two Ray instances on one machine (two jobs, a test cluster beside a job's) it raises. Ray
-    Train's PlacementGroupCleaner asks it whether a stopped trial's controller is dead, dies of that
-    error, and the trial's placement group is never freed: every later trial waits for its CPUs
-    forever (docs/reliability.md)."""
-    import ray
-
-    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
-
-
 def job_env(ray_address: str | None = None, env: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """This process's environment for a job command it starts: `env` added (None removes a variable),
     RAY_ADDRESS only if given, so the job starts a Ray of its own unless told which to join."""
@@ -145,7 +129,7 @@ def job_env(ray_address: str | None = None, env: Mapping[str, str | None] | None
 def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
     """Join the cluster in RAY_ADDRESS, or start a local Ray of this job's own (never one that `ray
     start` left on the machine), its dashboard on: Ray Train frees the placement groups of stopped
-    trials through the state API it serves. Every worker runs `pin_cluster_address`. Unless
+    trials through the state API it serves. Every worker runs `worker_setup.pin_cluster_address`. Unless
     `verbose`, Ray's forwarded worker output and its INFO lines stay in its log files; one line says
     where Ray is."""
     import ray

@@ -283,3 +283,16 @@ def test_models_and_data_never_import_ray() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_ray_worker_hook_imports_nothing_heavy() -> None:
+    # Ray imports the hook's module in every worker process of a job, its own small actors included:
+    # torch there costs each of them ~2.5 CPU-s (about a third of a tiny trial's CPU).
+    code = (
+        "import importlib, sys, lstmclf.worker_setup as w; "
+        "mod, _, fn = w.RUNTIME_ENV['worker_process_setup_hook'].rpartition('.'); "
+        "assert getattr(importlib.import_module(mod), fn) is w.pin_cluster_address; "
+        "print(sorted({'torch', 'pyarrow', 'numpy', 'ray'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
