@@ -12,7 +12,7 @@ import torch
 
 from lstmclf.checkpoint import load_checkpoint, model_from_checkpoint
 from lstmclf.data import BatchLoader, Split, load_test, to_tensors
-from lstmclf.engine import evaluate
+from lstmclf.engine import evaluate, place_model
 from lstmclf.errors import DataError
 
 
@@ -56,7 +56,7 @@ def evaluate_state(
         raise DataError(f"test labels reach {int(test.labels.max())}, the checkpoint has {info['num_classes']} classes")
     loader = BatchLoader(*to_tensors(test, device), batch_size, mean=info["mean"], std=info["std"])
     report = evaluate(
-        model.to(device), loader, info["num_classes"], device=device, detailed=True, predictions=predictions
+        place_model(model, device), loader, info["num_classes"], device=device, detailed=True, predictions=predictions
     )
     return {
         "epoch": state["epoch"] + 1,

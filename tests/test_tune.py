@@ -1,6 +1,7 @@
-"""Real Ray Tune experiments on the local cluster, every trial a 2-worker (or 1-worker) DDP run, and
-every scenario once per `store`: a local directory, and a real S3 server's bucket (SeaweedFS) that
-the data is read from too."""
+"""Real Ray Tune experiments on the local cluster, every trial a 2-worker (or 1-worker) DDP run, each
+scenario where storage is the point once per `store`: a local directory, and a real S3 server's bucket
+(SeaweedFS) that the data is read from too. A scenario about scheduling or search runs on one store
+(`ONE_STORE`): a second would test Ray Tune's scheduler again, not our storage, for minutes of suite."""
 
 import json
 import re
@@ -24,6 +25,8 @@ from lstmclf.config import Config
 from lstmclf.records import read_metrics
 
 pytestmark = pytest.mark.slow
+# S3: the store on which a paused or restored trial's checkpoints take the longer way (upload, download).
+ONE_STORE = pytest.mark.parametrize("store", ["s3"], indirect=True)
 RESULTS = (
     "results.csv",
     "results.parquet",
@@ -101,6 +104,7 @@ def test_experiment_results_land_in_storage(asha, store):
     assert recipe["model"]["lstm_layers"] == rows[0]["model.lstm_layers"] and recipe["storage"]["name"] == ""
 
 
+@ONE_STORE
 def test_best_recipe_trains_as_it_is(ray_cluster, asha, store, tmp_path):
     """jobs/train.py --config best_recipe.yaml (a local copy, as a user downloads it) trains that config."""
     _, out = asha
@@ -160,6 +164,7 @@ def test_interrupted_experiment_resumes_without_rerunning_finished_trials(ray_cl
     assert res.returncode == 2 and "exists with another config (model.hidden: 32 -> 64)" in res.stderr
 
 
+@ONE_STORE
 def test_optuna_search(ray_cluster, store):
     cfg = Config().override(
         TINY
@@ -178,6 +183,7 @@ def test_optuna_search(ray_cluster, store):
     assert len(set(lrs)) == 2 and all(1e-3 <= lr <= 1e-2 for lr in lrs)
 
 
+@ONE_STORE
 def test_sync_halving_pauses_trials_at_the_rung_and_resumes_the_best(ray_cluster, store):
     """SHA: 4 trials, 2 at a time, rung at epoch 1 of 2: every trial waits there, paused (so the
     other trials start), and the best 2 go on from their epoch-1 checkpoints; the others stop."""
