@@ -1,6 +1,6 @@
-"""The fast recipe and bench/time_to_accuracy.py: the recipe loads and validates; the benchmark's smoke
+"""The fast recipe and the benchmarks: the recipe loads and validates; time_to_accuracy.py's smoke
 runs both sides (the PyTorch example and jobs/train.py with the recipe) on a slice of the bundled
-sample and writes its JSON. Keys and types only: no timed assertions."""
+sample and writes its JSON; memory_format.py runs both layouts. Keys and types only: no timed assertions."""
 
 from __future__ import annotations
 
@@ -74,3 +74,17 @@ def test_input_path_smoke(tmp_path):
     assert all(number(r["median"]) and r["median"] > 0 for r in rates.values())
     share = res["input_share_of_epoch"]
     assert number(share["share"]) and 0 < share["share"] < 1
+
+
+@pytest.mark.slow
+def test_memory_format_bench_runs_both_layouts(tmp_path):
+    out = tmp_path / "mf.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "memory_format.py"), "--data", "sample", "--reps", "2"]
+    cmd += ["--steps", "3", "--warmup", "1", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert set(res["recipes"]) == {"default", "fast"}
+    for rec in res["recipes"].values():
+        assert all(len(v) == 2 and all(number(x) and x > 0 for x in v) for v in rec["img_s"].values())
+        assert rec["img_s"].keys() == {"nchw", "channels_last"} and number(rec["channels_last_over_nchw"])
