@@ -74,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     result: dict = {"threads": a.threads, "torch": torch.__version__, "recipes": {}}
     for name, recipe in RECIPES.items():
-        cfg = load_config(recipe, [f"data.path={Path(a.data).resolve()}"])
+        cfg = load_config(recipe, [f"data.path={a.data}"])  # "sample": the bundled sample
         splits = load_data(cfg)
         rates: dict[str, list[float]] = {"nchw": [], "channels_last": []}
         for rep in range(a.reps):
