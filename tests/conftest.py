@@ -39,8 +39,8 @@ def s3(tmp_path_factory):
 @pytest.fixture(scope="module", params=["local", "s3"])
 def store(request, tmp_path_factory):
     """Where a scenario keeps its runs, once per kind of storage (as Ray's own persistence tests
-        parametrise theirs): a local directory, or a prefix in the session's S3 bucket with the data
-        read from the bucket too. Module-scoped, so a module's shared runs are made once per kind. A test
+    parametrise theirs): a local directory, or a prefix in the session's S3 bucket with the data
+    read from the bucket too. Module-scoped, so a module's shared runs are made once per kind. A test
     that needs only one pins it: `@pytest.mark.parametrize("store", ["s3"], indirect=True)`."""
     if request.param == "s3":
         return S3Store(request.getfixturevalue("s3"))
