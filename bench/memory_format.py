@@ -20,12 +20,14 @@ from pathlib import Path
 import torch
 
 from lstmclf.config import load_config
-from lstmclf.data import BatchLoader, to_tensors
 from lstmclf.driver import load_data
 from lstmclf.engine import build_loss, build_optimizer, build_scheduler
 from lstmclf.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))  # train_throughput's training batches, shared
+from train_throughput import train_batches  # noqa: E402
+
 RECIPES = {"default": None, "fast": ROOT / "recipes" / "fast.yaml"}
 
 
@@ -35,15 +37,7 @@ def step_rate(cfg, splits, channels_last: bool, steps: int, warmup: int) -> floa
     model = build_model(cfg.model, splits.num_classes, splits.image_shape)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loader = BatchLoader(
-        *to_tensors(splits.train, torch.device("cpu")),
-        cfg.train.batch_size,
-        mean=splits.mean,
-        std=splits.std,
-        shuffle=True,
-        shift=cfg.data.shift,
-        seed=cfg.train.seed,
-    )
+    loader = train_batches(cfg, splits, torch.device("cpu"))
     opt = build_optimizer(cfg.optim, model.parameters())
     sched = build_scheduler(cfg.optim, opt, len(loader))
     loss_fn = build_loss(cfg.loss)

@@ -38,11 +38,9 @@ from lstmclf.models import build_model
 from lstmclf.training import fit
 
 
-def plain_epochs(cfg: Config, splits, epochs: int, dev: torch.device) -> list[float]:
-    """Images/s of each epoch of a plain single-process loop (no Ray), train step only."""
-    torch.manual_seed(cfg.train.seed)
-    model = place_model(build_model(cfg.model, splits.num_classes, splits.image_shape), dev)
-    loader = BatchLoader(
+def train_batches(cfg: Config, splits, dev: torch.device) -> BatchLoader:
+    """The training batches a single worker draws: shuffled, with the config's augmentation."""
+    return BatchLoader(
         *to_tensors(splits.train, dev),
         cfg.train.batch_size,
         mean=splits.mean,
@@ -53,6 +51,13 @@ def plain_epochs(cfg: Config, splits, epochs: int, dev: torch.device) -> list[fl
         scale=cfg.data.scale,
         seed=cfg.train.seed,
     )
+
+
+def plain_epochs(cfg: Config, splits, epochs: int, dev: torch.device) -> list[float]:
+    """Images/s of each epoch of a plain single-process loop (no Ray), train step only."""
+    torch.manual_seed(cfg.train.seed)
+    model = place_model(build_model(cfg.model, splits.num_classes, splits.image_shape), dev)
+    loader = train_batches(cfg, splits, dev)
     opt = build_optimizer(cfg.optim, model.parameters())
     sched = build_scheduler(cfg.optim, opt, epochs * len(loader))
     loss_fn = build_loss(cfg.loss)
