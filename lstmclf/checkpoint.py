@@ -1,6 +1,7 @@
 """Checkpoint files: one `checkpoint.pt` (weights_only-loadable) plus readable config and metrics.
 
-A checkpoint holds the unwrapped model's state_dict (never DDP's `module.` prefix), optimizer,
+A checkpoint holds the unwrapped model's state_dict as `model` (never DDP's `module.` prefix; with
+`train.ema_decay`, the weight average, and the raw weights as `train_model` for resuming), optimizer,
 scheduler, epoch, the full config and what the data looked like (classes, shape, normalisation),
 so it rebuilds its exact model without the original config file. `manifest.json` holds the sha256
 of each file (see `lstmclf.integrity`): a flipped byte that still unpickles (tensor data is not

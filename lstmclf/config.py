@@ -154,6 +154,9 @@ class TrainConfig:
     seed: int = 0  # model init, batch order, augmentation, dropout
     checkpoints_to_keep: int = 2  # best by val_acc; the latest is always kept for resuming
     max_failures: int = 1  # worker-group restarts from the latest checkpoint
+    # > 0: validate, checkpoint and serve an exponential moving average of the weights (and BatchNorm
+    # statistics), updated after every step with this decay (0.999 ~ the last 1,000 steps); 0 = off
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         _require(1 <= self.epochs <= 10_000, "train.epochs", f"{self.epochs} is outside [1, 10000]")
@@ -165,6 +168,7 @@ class TrainConfig:
         )
         _require(self.checkpoints_to_keep >= 1, "train.checkpoints_to_keep", f"{self.checkpoints_to_keep} < 1")
         _require(self.max_failures >= -1, "train.max_failures", f"{self.max_failures} < -1 (-1 = retry forever)")
+        _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"{self.ema_decay} is outside [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from lstmclf.config import LossConfig, OptimConfig
 from lstmclf.metrics import metric_collection, to_python, update
@@ -66,6 +67,25 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of `model`'s weights and BatchNorm statistics (torch's
+    AveragedModel, on the model's device), or None when `decay` is 0. Its decay warms up as
+    min(decay, (1 + n) / (10 + n)) after n updates, so the early epochs' average is not dominated
+    by the random initialisation; integer buffers (BatchNorm's batch count) are copied."""
+    if decay <= 0.0:
+        return None
+
+    @torch.no_grad()
+    def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():  # one dtype per call: AveragedModel groups them
+            torch._foreach_copy_(averaged, current)
+            return
+        k = n.item()  # updates so far (AveragedModel itself reads it on the host every step)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + k) / (10.0 + k)))
+
+    return AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on GPU (no loss scaling needed); full precision on CPU, where bf16 is slower."""
     if device.type == "cuda":
@@ -103,8 +123,10 @@ def train_epoch(
     *,
     device: torch.device,
     grad_clip: float = 0.0,
+    ema: AveragedModel | None = None,
 ) -> tuple[torch.Tensor, int]:
     """One pass over `batches`; returns (sum of per-image losses as a device tensor, images seen).
+    `ema` (from `build_ema` on the unwrapped model) is updated after every step.
 
     The loss stays on the device (no .item() per step), so the GPU is never stalled for logging.
     """
@@ -120,6 +142,9 @@ def train_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            # DDP's parameters and buffers are its module's, in the same order; unwrapped to be sure.
+            ema.update_parameters(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model)
         total += loss.detach().float() * len(y)
         seen += len(y)
     return total, seen

@@ -29,6 +29,7 @@ from lstmclf.config import Config
 from lstmclf.data import BatchLoader, Splits, to_tensors
 from lstmclf.driver import send
 from lstmclf.engine import (
+    build_ema,
     build_loss,
     build_optimizer,
     build_scheduler,
@@ -111,13 +112,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = build_optimizer(cfg.optim, model.parameters())
     scheduler = build_scheduler(cfg.optim, optimizer, tr.epochs * len(train_loader))
     loss_fn = build_loss(cfg.loss)
+    ema = build_ema(model_without_ddp, tr.ema_decay)
+    served = model_without_ddp if ema is None else ema.module  # what is validated, checkpointed and served
 
     start = 0
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
             state = load_checkpoint(d)
-        model_without_ddp.load_state_dict(state["model"])
+        served.load_state_dict(state["model"])
+        if ema is not None:  # the average is "model"; training goes on from the raw weights
+            model_without_ddp.load_state_dict(state["train_model"])
+            ema.n_averaged.fill_(state["ema_updates"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["epoch"] + 1
@@ -128,7 +134,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.manual_seed(tr.seed * 1_000_003 + epoch * 1009 + rank)  # dropout draws, reproducible on resume
         t0 = time.perf_counter()
         loss_sum, seen = train_epoch(
-            model, train_loader, optimizer, scheduler, loss_fn, device=device, grad_clip=cfg.optim.grad_clip
+            model, train_loader, optimizer, scheduler, loss_fn, device=device, grad_clip=cfg.optim.grad_clip, ema=ema
         )
         synchronize(device)  # on GPU the epoch's last kernels may still be queued
         train_s = time.perf_counter() - t0
@@ -136,7 +142,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if world > 1:
             dist.all_reduce(stats)  # (sum of losses, images) over all ranks
             broadcast_buffers(model_without_ddp)
-        val = evaluate(model_without_ddp, val_loader, splits.num_classes, device=device)
+            if ema is not None:
+                broadcast_buffers(ema.module)
+        val = evaluate(served, val_loader, splits.num_classes, device=device)
         metrics = {
             "epoch": epoch + 1,
             "train_loss": stats[0].item() / stats[1].item(),
@@ -153,7 +161,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 save_checkpoint(
                     tmp,
                     {
-                        "model": model_without_ddp.state_dict(),
+                        "model": served.state_dict(),
+                        **(
+                            {}
+                            if ema is None
+                            else {"train_model": model_without_ddp.state_dict(), "ema_updates": int(ema.n_averaged)}
+                        ),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "epoch": epoch,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lstmclf.config import LOSSES, OPTIMIZERS, SCHEDULES, LossConfig, OptimConfig
-from lstmclf.engine import FocalLoss, build_loss, build_optimizer, build_scheduler, train_epoch
+from lstmclf.engine import FocalLoss, build_ema, build_loss, build_optimizer, build_scheduler, train_epoch
 
 LOGITS = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0], [-2.0, 4.0, 0.0], [0.0, 0.0, 0.0]])
 TARGETS = torch.tensor([0, 2, 0, 1])
@@ -79,6 +79,49 @@ def test_every_optimizer_takes_a_step_that_lowers_the_loss(name):
     assert opt.param_groups[0]["lr"] == cfg.lr
     if name == "sgd":
         assert opt.param_groups[0]["momentum"] == cfg.momentum and opt.param_groups[0]["nesterov"]
+
+
+def test_ema_is_off_at_decay_zero():
+    assert build_ema(torch.nn.Linear(2, 2), 0.0) is None
+
+
+def test_ema_averages_weights_and_batchnorm_statistics_with_a_warming_decay():
+    """The average starts as a copy, then moves (1 - d_n) of the way to the model after update n, with
+    d_n = min(decay, (1 + n) / (10 + n)); BatchNorm's running mean is averaged, its batch count copied."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    ema = build_ema(model, 0.3)
+    expected_w, expected_mean = None, None
+    for n in range(4):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        model.train()(torch.randn(8, 3))  # moves BatchNorm's running mean and its batch count
+        w, mean = model[0].weight.detach().clone(), model[1].running_mean.clone()
+        if n == 0:
+            expected_w, expected_mean = w, mean
+        else:
+            d = min(0.3, (1 + n) / (10 + n))
+            expected_w, expected_mean = d * expected_w + (1 - d) * w, d * expected_mean + (1 - d) * mean
+        ema.update_parameters(model)
+    averaged = ema.module
+    torch.testing.assert_close(averaged[0].weight, expected_w)
+    torch.testing.assert_close(averaged[1].running_mean, expected_mean)
+    assert not torch.allclose(averaged[0].weight, model[0].weight)  # an average, not the last weights
+    assert averaged[1].num_batches_tracked.item() == model[1].num_batches_tracked.item() == 4
+    assert int(ema.n_averaged) == 4
+
+
+def test_train_epoch_updates_the_ema_after_every_step():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    ema = build_ema(model, 0.99)
+    before = ema.module.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(5)]
+    train_epoch(model, batches, opt, sched, torch.nn.CrossEntropyLoss(), device=torch.device("cpu"), ema=ema)
+    assert int(ema.n_averaged) == 5
+    assert not torch.equal(ema.module.weight, before) and not torch.equal(ema.module.weight, model.weight)
 
 
 def test_onecycle_warms_up_to_the_peak_then_anneals():

@@ -34,8 +34,9 @@ FAULT = {
     "scaling.num_workers": 2,
     "train.checkpoints_to_keep": 5,
     "train.max_failures": 2,
+    "train.ema_decay": 0.9,  # validated and checkpointed: a resumed run must restore the average too
 }
-TOLERANCE = 1e-6  # a resumed run restores weights, optimizer, schedule and every RNG stream: it matches
+TOLERANCE = 1e-6  # a resumed run restores weights, their average, optimizer, schedule and every RNG stream
 
 
 def final_metrics(run: Path) -> dict:
