@@ -1,4 +1,7 @@
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -119,3 +122,16 @@ def test_configs_saved_before_the_retrain_section_load_and_its_changes_resume(tm
         "model.hidden": 128,
         "train.epochs": 6,
     }
+
+
+def test_the_readme_config_table_names_every_key():
+    """README's table of config sections and keys is how users find a key: every field is there."""
+    rows = {}
+    for line in (Path(__file__).parents[1] / "README.md").read_text().splitlines():
+        m = re.match(r"\| `(\w+)` \| (.*) \|$", line)
+        if m:
+            rows[m.group(1)] = set(re.findall(r"`(\w+)`", m.group(2)))
+    for section in dataclasses.fields(Config):
+        keys = {f.name for f in dataclasses.fields(getattr(Config(), section.name))}
+        assert section.name in rows, f"README has no row for config section {section.name}"
+        assert keys <= rows[section.name], (section.name, sorted(keys - rows[section.name]))
