@@ -46,9 +46,7 @@ def train_batches(cfg: Config, splits, dev: torch.device) -> BatchLoader:
         mean=splits.mean,
         std=splits.std,
         shuffle=True,
-        shift=cfg.data.shift,
-        rotate=cfg.data.rotate,
-        scale=cfg.data.scale,
+        **cfg.data.augmentation(),
         seed=cfg.train.seed,
     )
 

@@ -67,6 +67,10 @@ class DataConfig:
     shift: int = 2  # max random shift in pixels, drawn per image on the batch tensor; 0 = off
     rotate: float = 0.0  # max random rotation in degrees, per image, after the shift; 0 = off
     scale: float = 0.0  # max random change of size (0.1: 90% to 110%), per image, with the rotation; 0 = off
+    # Elastic distortion, per image, with the rotation (Simard et al. 2003): every pixel moves by uniform
+    # noise in [-1, 1] smoothed by a Gaussian of elastic_sigma pixels, times elastic (pixels); 0 = off
+    elastic: float = 0.0
+    elastic_sigma: float = 4.0
     seed: int = 0  # seed of the split and the subsets (not of training)
 
     def __post_init__(self) -> None:
@@ -83,6 +87,14 @@ class DataConfig:
         _require(0 <= self.shift <= 8, "data.shift", f"{self.shift} is outside [0, 8]")
         _require(0.0 <= self.rotate <= 180.0, "data.rotate", f"{self.rotate} is outside [0, 180]")
         _require(0.0 <= self.scale < 1.0, "data.scale", f"{self.scale} is outside [0, 1)")
+        _require(0.0 <= self.elastic <= 100.0, "data.elastic", f"{self.elastic} is outside [0, 100]")
+        # The blur's kernel has 2*ceil(3*sigma)+1 taps: bounded, like every size a config sets.
+        _require(0.5 <= self.elastic_sigma <= 16.0, "data.elastic_sigma", f"{self.elastic_sigma} is outside [0.5, 16]")
+
+    def augmentation(self) -> dict[str, float]:
+        """The training batches' augmentation, as BatchLoader's keyword arguments."""
+        keys = ("shift", "rotate", "scale", "elastic", "elastic_sigma")
+        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,8 @@ def test_int_accepted_for_float_and_numeric_strings_parsed():
         (["model.backbone=none", "model.head=linear"], "backbone 'none' needs head 'lstm'"),
         (["storage.name=a/b"], "storage.name"),
         (["nokeyvalue"], "must look like section.key=value"),
+        (["data.elastic=-1"], "data.elastic: -1.0 is outside [0, 100]"),
+        (["data.elastic_sigma=100"], "data.elastic_sigma: 100.0 is outside [0.5, 16]"),
         (["retrain.alpha=0"], "retrain.alpha: 0.0 is outside (0, 1)"),
         (["retrain.margin=1"], "retrain.margin: 1.0 is outside [0, 1)"),
         (["retrain.max_recall_drop=-0.1"], "retrain.max_recall_drop"),

@@ -1,4 +1,5 @@
 import gzip
+import math
 import re
 import struct
 
@@ -15,8 +16,8 @@ from lstmclf.data import (
     load_test,
     parse_idx,
     prepare_dataset,
-    random_affine,
     random_shift,
+    random_warp,
     read_arrays,
 )
 from lstmclf.data.dataset import stratified_take
@@ -268,21 +269,42 @@ def orientation_and_size(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return torch.rad2deg(0.5 * torch.atan2(2 * mxy, mxx - myy)), mass
 
 
-def test_random_affine_rotates_and_scales_each_image_by_its_own_draw():
+def test_random_warp_rotates_and_scales_each_image_by_its_own_draw():
     bar = torch.zeros(256, 28, 28)
     bar[:, 13:15, 6:22] = 255.0  # a horizontal bar through the centre: orientation 0 degrees
-    same = random_affine(bar, 0.0, 0.0, torch.Generator().manual_seed(0))
+    same = random_warp(bar, 0.0, 0.0, torch.Generator().manual_seed(0))
     assert torch.allclose(same, bar, atol=1e-3)  # no rotation, no scaling: the images as they were
 
-    out = random_affine(bar, 20.0, 0.0, torch.Generator().manual_seed(1))
+    out = random_warp(bar, 20.0, 0.0, torch.Generator().manual_seed(1))
     angle, mass = orientation_and_size(out)
     assert angle.abs().max() <= 20.5 and angle.abs().max() > 15 and angle.std() > 5  # each its own angle
     assert torch.allclose(mass, mass[0].expand_as(mass), rtol=0.05)  # rotation keeps the bar whole
-    assert torch.equal(out, random_affine(bar, 20.0, 0.0, torch.Generator().manual_seed(1)))  # seeded
+    assert torch.equal(out, random_warp(bar, 20.0, 0.0, torch.Generator().manual_seed(1)))  # seeded
 
-    _, mass = orientation_and_size(random_affine(bar, 0.0, 0.2, torch.Generator().manual_seed(2)))
+    _, mass = orientation_and_size(random_warp(bar, 0.0, 0.2, torch.Generator().manual_seed(2)))
     ratio = mass / bar[0].sum()  # a bar's area grows with the scale twice (length, width; bilinear blurs its edges)
     assert ratio.min() >= 0.8**2 - 0.1 and ratio.max() <= 1.2**2 + 0.1 and ratio.max() - ratio.min() > 0.4
+
+
+def test_elastic_warp_moves_pixels_by_a_smooth_field_of_the_stated_size():
+    # On a ramp whose value is its x coordinate, bilinear sampling is exact: the output minus the input
+    # is each pixel's x displacement, in pixels.
+    ramp = torch.arange(28.0).expand(64, 28, 28).clone()
+    same = random_warp(ramp, 0.0, 0.0, torch.Generator().manual_seed(0), elastic=0.0)
+    assert torch.allclose(same, ramp, atol=1e-4)  # off: the images as they were
+
+    out = random_warp(ramp, 0.0, 0.0, torch.Generator().manual_seed(0), elastic=34.0, elastic_sigma=4.0)
+    dx = (out - ramp)[:, 8:20, 8:20]  # interior: the zero fill at the border stays out of it
+    rms = dx.pow(2).mean().sqrt().item()
+    expected = 34.0 * (1 / 3) ** 0.5 / ((4 * math.pi) ** 0.5 * 4.0)  # elastic * std(U[-1,1]) / (2 sqrt(pi) sigma)
+    assert 0.7 * expected < rms < 1.3 * expected, (rms, expected)
+    # Smooth: neighbouring pixels move almost together, unlike the raw noise.
+    assert torch.corrcoef(torch.stack([dx[:, :, :-1].flatten(), dx[:, :, 1:].flatten()]))[0, 1] > 0.9
+    assert dx.flatten(1).std(dim=1).min() > 0  # every image its own field
+    again = random_warp(ramp, 0.0, 0.0, torch.Generator().manual_seed(0), elastic=34.0, elastic_sigma=4.0)
+    assert torch.equal(out, again)  # seeded
+    half = random_warp(ramp, 0.0, 0.0, torch.Generator().manual_seed(0), elastic=17.0, elastic_sigma=4.0)
+    assert torch.allclose((half - ramp)[:, 8:20, 8:20], dx / 2, atol=1e-3)  # linear in elastic
 
 
 def test_training_batches_are_augmented_only_when_asked():
@@ -298,3 +320,10 @@ def test_training_batches_are_augmented_only_when_asked():
     angle, _ = orientation_and_size(batch(rotate=30.0))
     assert angle.abs().max() > 10 and angle.abs().max() <= 30.5
     assert torch.equal(batch(rotate=30.0, scale=0.1), batch(rotate=30.0, scale=0.1))
+    # The elastic distortion alone bends the bar (thinner here, thicker there: its mass varies per image
+    # but not on average), and adding it to a rotation changes the batch.
+    bent = batch(elastic=34.0)
+    assert not torch.equal(bent, images.float() / 255)
+    mass = bent.sum(dim=(1, 2)) / (images[0].float().sum() / 255)
+    assert abs(mass.mean().item() - 1) < 0.15 and mass.std() > 0.05
+    assert not torch.equal(batch(rotate=30.0, elastic=34.0), batch(rotate=30.0))

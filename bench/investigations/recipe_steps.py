@@ -40,9 +40,7 @@ def run_variant(recipe: Path, data: str, sets: list[str]) -> list[tuple[float, f
             mean=splits.mean,
             std=splits.std,
             shuffle=train,
-            shift=cfg.data.shift if train else 0,
-            rotate=cfg.data.rotate if train else 0.0,
-            scale=cfg.data.scale if train else 0.0,
+            **(cfg.data.augmentation() if train else {}),
             seed=cfg.train.seed,
         )
 

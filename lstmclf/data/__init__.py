@@ -13,7 +13,7 @@ from lstmclf.data.dataset import (
     sample_dir,
 )
 from lstmclf.data.idx import encode_idx, parse_idx
-from lstmclf.data.loader import BatchLoader, random_affine, random_shift, to_tensors
+from lstmclf.data.loader import BatchLoader, random_shift, random_warp, to_tensors
 
 __all__ = [
     "SAMPLE",
@@ -27,8 +27,8 @@ __all__ = [
     "load_test",
     "parse_idx",
     "prepare_dataset",
-    "random_affine",
     "random_shift",
+    "random_warp",
     "read_arrays",
     "sample_dir",
     "to_tensors",

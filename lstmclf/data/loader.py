@@ -36,21 +36,52 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     return padded[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W)
 
 
-def random_affine(
-    images: torch.Tensor, max_degrees: float, max_scale: float, generator: torch.Generator
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """A normalised 1-D Gaussian of standard deviation `sigma` pixels, 2*ceil(3*sigma)+1 taps."""
+    r = math.ceil(3 * sigma)
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def random_warp(
+    images: torch.Tensor,
+    max_degrees: float,
+    max_scale: float,
+    generator: torch.Generator,
+    *,
+    elastic: float = 0.0,
+    elastic_sigma: float = 4.0,
 ) -> torch.Tensor:
-    """Rotate each image of a (B,H,W) float batch about its centre by its own random angle in
-    [-max_degrees, max_degrees] and scale it by its own factor in [1 - max_scale, 1 + max_scale];
-    bilinear, zero fill (as the shift's)."""
+    """Warp each image of a (B,H,W) float batch by its own random draw, in one bilinear resampling with
+    zero fill (as the shift's): a rotation about its centre by an angle in [-max_degrees, max_degrees] and
+    a scaling by a factor in [1 - max_scale, 1 + max_scale]; then, when `elastic` > 0, an elastic
+    distortion (Simard et al. 2003): every pixel moves by uniform noise in [-1, 1] smoothed by a Gaussian
+    of `elastic_sigma` pixels and multiplied by `elastic` (so its RMS is about
+    elastic * 0.58 / (3.54 * elastic_sigma) pixels: 1.4 at 34 and 4)."""
     b, h, w = images.shape
-    u = torch.rand((2, b), device=images.device, generator=generator) * 2 - 1  # (2, B) uniform in [-1, 1)
-    angle = u[0] * math.radians(max_degrees)
-    scale = 1 + u[1] * max_scale
+    dev = images.device
+    if max_degrees or max_scale:
+        u = torch.rand((2, b), device=dev, generator=generator) * 2 - 1  # (2, B) uniform in [-1, 1)
+        angle = u[0] * math.radians(max_degrees)
+        scale = 1 + u[1] * max_scale
+    else:
+        angle, scale = torch.zeros(b, device=dev), torch.ones(b, device=dev)
     # affine_grid maps each output pixel to where it samples the input: the inverse transform, rotation by
     # -angle and scaling by 1/scale, in coordinates normalised to [-1, 1].
     cos, sin, zero = torch.cos(angle) / scale, torch.sin(angle) / scale, torch.zeros_like(angle)
     theta = torch.stack([torch.stack([cos, sin, zero], 1), torch.stack([-sin, cos, zero], 1)], 1)  # (B, 2, 3)
-    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)  # (B, H, W, 2)
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)  # (B, H, W, 2), last dim (x, y)
+    if elastic:
+        noise = torch.rand((b, 2, h, w), device=dev, generator=generator) * 2 - 1  # (B, 2, H, W): dx, dy
+        k = gaussian_kernel(elastic_sigma).to(dev)
+        r = len(k) // 2
+        # Separable blur, each displacement channel on its own (groups=2); zero padding at the border.
+        noise = F.conv2d(noise, k.view(1, 1, -1, 1).expand(2, 1, -1, 1), padding=(r, 0), groups=2)
+        noise = F.conv2d(noise, k.view(1, 1, 1, -1).expand(2, 1, 1, -1), padding=(0, r), groups=2)
+        # Pixels to normalised units (align_corners=False: the image spans 2 units over w or h pixels).
+        units = torch.tensor([2.0 / w, 2.0 / h], device=dev)
+        grid = grid + elastic * noise.permute(0, 2, 3, 1) * units  # (B, H, W, 2)
     return F.grid_sample(images[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
 
 
@@ -60,8 +91,9 @@ class BatchLoader:
     Training (`shuffle=True`): every epoch the same seeded permutation on all ranks; rank r takes
     every world_size-th index, trimmed to N // world_size, so all ranks run ceil(N/world/B) batches.
     Evaluation (`shuffle=False`): rank r takes indices r, r+world, ...: every item exactly once.
-    Augmentation (training): `shift` pixels at most, then (`rotate` degrees, `scale` relative) a random
-    rotation and scaling, drawn per image from a generator seeded by seed, epoch and rank.
+    Augmentation (training): `shift` pixels at most, then (`rotate` degrees, `scale` relative, `elastic`
+    and `elastic_sigma` pixels) a random rotation, scaling and elastic distortion (`random_warp`), drawn
+    per image from a generator seeded by seed, epoch and rank.
     """
 
     def __init__(
@@ -76,6 +108,8 @@ class BatchLoader:
         shift: int = 0,
         rotate: float = 0.0,
         scale: float = 0.0,
+        elastic: float = 0.0,
+        elastic_sigma: float = 4.0,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -84,7 +118,7 @@ class BatchLoader:
             raise ValueError(f"{len(images)} items cannot be sharded over {world_size} ranks")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.shift, self.seed = batch_size, shuffle, shift, seed
-        self.rotate, self.scale = rotate, scale
+        self.rotate, self.scale, self.elastic, self.elastic_sigma = rotate, scale, elastic, elastic_sigma
         self.rank, self.world_size = rank, world_size
         self.mean, self.std = mean * 255.0, std * 255.0  # applied to raw uint8 values
         self.epoch = 0
@@ -107,7 +141,8 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self._indices()
         gen = None
-        if self.shift or self.rotate or self.scale:
+        warp = bool(self.rotate or self.scale or self.elastic)
+        if self.shift or warp:
             gen = torch.Generator(device=self.images.device)
             gen.manual_seed((self.seed * 1_000_003 + self.epoch) * 1009 + self.rank)  # own draws per rank
         for start in range(0, len(idx), self.batch_size):
@@ -116,7 +151,7 @@ class BatchLoader:
             if self.shift:
                 x = random_shift(x, self.shift, gen)
             x = x.float()
-            if self.rotate or self.scale:
-                x = random_affine(x, self.rotate, self.scale, gen)
+            if warp:
+                x = random_warp(x, self.rotate, self.scale, gen, elastic=self.elastic, elastic_sigma=self.elastic_sigma)
             x = (x - self.mean) / self.std
             yield x.unsqueeze(1), self.labels[b]  # (B, 1, H, W)
