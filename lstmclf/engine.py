@@ -7,12 +7,12 @@ so a throughput comparison between them measures Ray's overhead and nothing else
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from lstmclf.config import LossConfig, OptimConfig
 from lstmclf.metrics import metric_collection, to_python, update
@@ -67,23 +67,40 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
-    """An exponential moving average of `model`'s weights and BatchNorm statistics (torch's
-    AveragedModel, on the model's device), or None when `decay` is 0. Its decay warms up as
-    min(decay, (1 + n) / (10 + n)) after n updates, so the early epochs' average is not dominated
-    by the random initialisation; integer buffers (BatchNorm's batch count) are copied."""
-    if decay <= 0.0:
-        return None
+class WeightAverage:
+    """An exponential moving average of a model's weights and buffers (BatchNorm statistics), kept in
+    `module`, a copy of the model on its device. After n updates the next moves it (1 - d) of the way to
+    the model, d = min(decay, (1 + n) / (10 + n)), so the early epochs' average is not dominated by the
+    random initialisation; the first update copies, and integer buffers (BatchNorm's batch count) are
+    copied. The update count is a host integer, so an update reads nothing back from the device: built on
+    torch's AveragedModel, the warming decay read the count from the GPU every step (a stall)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
 
     @torch.no_grad()
-    def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
-        if not averaged[0].is_floating_point():  # one dtype per call: AveragedModel groups them
-            torch._foreach_copy_(averaged, current)
-            return
-        k = n.item()  # updates so far (AveragedModel itself reads it on the host every step)
-        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + k) / (10.0 + k)))
+    def update(self, model: nn.Module) -> None:
+        ours = [*self.module.parameters(), *self.module.buffers()]
+        theirs = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        lerp: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])  # (average's tensors, model's)
+        copy_: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        for a, m in zip(ours, theirs, strict=True):
+            dest = lerp if self.updates > 0 and a.is_floating_point() else copy_
+            dest[0].append(a)
+            dest[1].append(m)
+        if lerp[0]:
+            d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+            torch._foreach_lerp_(*lerp, 1.0 - d)
+        if copy_[0]:
+            torch._foreach_copy_(*copy_)
+        self.updates += 1
 
-    return AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
+
+def build_ema(model: nn.Module, decay: float) -> WeightAverage | None:
+    """A WeightAverage of `model` (the unwrapped model, not its DDP wrapper), or None when `decay` is 0."""
+    return WeightAverage(model, decay) if decay > 0.0 else None
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -123,7 +140,7 @@ def train_epoch(
     *,
     device: torch.device,
     grad_clip: float = 0.0,
-    ema: AveragedModel | None = None,
+    ema: WeightAverage | None = None,
 ) -> tuple[torch.Tensor, int]:
     """One pass over `batches`; returns (sum of per-image losses as a device tensor, images seen).
     `ema` (from `build_ema` on the unwrapped model) is updated after every step.
@@ -144,7 +161,7 @@ def train_epoch(
         scheduler.step()
         if ema is not None:
             # DDP's parameters and buffers are its module's, in the same order; unwrapped to be sure.
-            ema.update_parameters(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model)
+            ema.update(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model)
         total += loss.detach().float() * len(y)
         seen += len(y)
     return total, seen

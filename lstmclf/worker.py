@@ -121,7 +121,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         served.load_state_dict(state["model"])
         if ema is not None:  # the average is "model"; training goes on from the raw weights
             model_without_ddp.load_state_dict(state["train_model"])
-            ema.n_averaged.fill_(state["ema_updates"])
+            ema.updates = int(state["ema_updates"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["epoch"] + 1
@@ -163,7 +163,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         **(
                             {}
                             if ema is None
-                            else {"train_model": model_without_ddp.state_dict(), "ema_updates": int(ema.n_averaged)}
+                            else {"train_model": model_without_ddp.state_dict(), "ema_updates": ema.updates}
                         ),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),

@@ -102,13 +102,23 @@ def test_ema_averages_weights_and_batchnorm_statistics_with_a_warming_decay():
         else:
             d = min(0.3, (1 + n) / (10 + n))
             expected_w, expected_mean = d * expected_w + (1 - d) * w, d * expected_mean + (1 - d) * mean
-        ema.update_parameters(model)
+        ema.update(model)
     averaged = ema.module
     torch.testing.assert_close(averaged[0].weight, expected_w)
     torch.testing.assert_close(averaged[1].running_mean, expected_mean)
     assert not torch.allclose(averaged[0].weight, model[0].weight)  # an average, not the last weights
     assert averaged[1].num_batches_tracked.item() == model[1].num_batches_tracked.item() == 4
-    assert int(ema.n_averaged) == 4
+    assert ema.updates == 4
+
+
+def test_ema_update_reads_nothing_back_from_the_device():
+    """A host read of a device value (the update count for the warming decay) stalls a GPU every step. On
+    the meta device, which holds no values, any such read raises (the AveragedModel version failed here)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)).to("meta")
+    ema = build_ema(model, 0.999)
+    for _ in range(3):
+        ema.update(model)
+    assert ema.updates == 3 and ema.module[0].weight.device.type == "meta"
 
 
 def test_train_epoch_updates_the_ema_after_every_step():
@@ -120,7 +130,7 @@ def test_train_epoch_updates_the_ema_after_every_step():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(5)]
     train_epoch(model, batches, opt, sched, torch.nn.CrossEntropyLoss(), device=torch.device("cpu"), ema=ema)
-    assert int(ema.n_averaged) == 5
+    assert ema.updates == 5
     assert not torch.equal(ema.module.weight, before) and not torch.equal(ema.module.weight, model.weight)
 
 
