@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The GPU measurements, for a lent GPU machine (python3 there has torch, not Ray); under 10 minutes on an H100/H200.
 #
-#   bash bench/gpu.sh                  # from the repo root, with $OUT set and .gpu/ carried: peak, input, tta
-#   bash bench/gpu.sh throughput       # or any of: peak input tta throughput
+#   bash bench/gpu.sh                  # from the repo root, with $OUT set and .gpu/ carried: peak, input, tta, ema
+#   bash bench/gpu.sh throughput       # or any of: peak input tta ema throughput
 #
 #   peak        bench/gpu_peak.py: peak training img/s of the default CNN-LSTM (data on the GPU, bf16, channels_last;
 #               eager, torch.compile, CUDA graphs; batch 512 to 8192)
 #   input       bench/time_to_accuracy.py input --gpu: lstmclf's batches drawn on the GPU, their share of an epoch
 #   tta         bench/time_to_accuracy.py --gpu --sides lstmclf: recipes/gpu.yaml through jobs/train.py (1 GPU
 #               worker), epochs and seconds of epochs to 99.5% test accuracy
+#   ema         bench/investigations/ema_cost.py --gpu: a training step without a weight average, with
+#               engine.WeightAverage and with the AveragedModel one it replaced (a host sync per step)
 #   throughput  bench/train_throughput.py --gpu: Ray Train against plain PyTorch (BENCH_REPS, BENCH_EPOCHS,
 #               BENCH_ACC_EPOCHS; defaults 3, 3, 5)
 # Each under `timeout`; back in $OUT: gpu.log (everything), one JSON per measurement, ray-logs.tgz.
@@ -29,7 +31,7 @@ set -u -o pipefail
 mkdir -p "$OUT"
 SITE=/tmp/site
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
-STEPS=${*:-peak input tta}
+STEPS=${*:-peak input tta ema}
 
 banner() { printf '\n===== [%4ds] %s\n' "$SECONDS" "$*"; }
 
@@ -71,6 +73,8 @@ print("ray", ray.__version__, "from", ray.__file__, "on", torch.cuda.get_device_
         --reps 3 --out "$OUT/input-gpu.json" || failed=1
     step tta 210 python3 bench/time_to_accuracy.py --gpu --sides lstmclf --config recipes/gpu.yaml --target 0.995 \
         --data .gpu/mnist --reps 1 --out "$OUT/time-to-accuracy-gpu.json" || failed=1
+    step ema 90 python3 bench/investigations/ema_cost.py --gpu --data .gpu/mnist --reps 5 --steps 200 \
+        --out "$OUT/ema-cost-gpu.json" || failed=1
     step throughput 420 python3 bench/train_throughput.py --gpu --data .gpu/mnist --reps "${BENCH_REPS:-3}" \
         --epochs "${BENCH_EPOCHS:-3}" --accuracy-epochs "${BENCH_ACC_EPOCHS:-5}" --out "$OUT/throughput-gpu.json" || failed=1
     banner "done: $( ((failed)) && echo "with failures" || echo ok )"

@@ -1,6 +1,7 @@
 """The fast recipe and the benchmarks: the recipe loads and validates; time_to_accuracy.py's smoke
 runs both sides (the PyTorch example and jobs/train.py with the recipe) on a slice of the bundled
-sample and writes its JSON; memory_format.py runs both layouts. Keys and types only: no timed assertions."""
+sample and writes its JSON; memory_format.py runs both layouts; ema_cost.py times every variant. Keys
+and types only: no timed assertions."""
 
 from __future__ import annotations
 
@@ -88,3 +89,17 @@ def test_memory_format_bench_runs_both_layouts(tmp_path):
     for rec in res["recipes"].values():
         assert all(len(v) == 2 and all(number(x) and x > 0 for x in v) for v in rec["img_s"].values())
         assert rec["img_s"].keys() == {"nchw", "channels_last"} and number(rec["channels_last_over_nchw"])
+
+
+@pytest.mark.slow
+def test_ema_cost_bench_times_every_variant(tmp_path):
+    out = tmp_path / "ema.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "investigations" / "ema_cost.py"), "--data", "sample", "--reps", "2"]
+    cmd += ["--steps", "3", "--set", "train.batch_size=16", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert res["ms_per_step"].keys() == {"none", "WeightAverage", "AveragedModel"}
+    assert all(len(v) == 2 and all(number(x) and x > 0 for x in v) for v in res["ms_per_step"].values())
+    assert res["over_none"].keys() == {"WeightAverage", "AveragedModel"}
+    assert all(number(x) for x in res["over_none"].values())
