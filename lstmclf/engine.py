@@ -10,6 +10,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Iterable
+from itertools import compress
 
 import torch
 from torch import nn
@@ -79,22 +80,25 @@ class WeightAverage:
         self.module = copy.deepcopy(model).requires_grad_(False)
         self.decay = decay
         self.updates = 0
+        # Sorted once, not every step: floating tensors are averaged, the rest (batch counts) copied.
+        self._tensors = [*self.module.parameters(), *self.module.buffers()]
+        self._is_float = [t.is_floating_point() for t in self._tensors]
+        self._is_other = [not f for f in self._is_float]
+        self._floats = list(compress(self._tensors, self._is_float))
+        self._others = list(compress(self._tensors, self._is_other))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        ours = [*self.module.parameters(), *self.module.buffers()]
         theirs = [t.detach() for t in (*model.parameters(), *model.buffers())]
-        lerp: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])  # (average's tensors, model's)
-        copy_: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
-        for a, m in zip(ours, theirs, strict=True):
-            dest = lerp if self.updates > 0 and a.is_floating_point() else copy_
-            dest[0].append(a)
-            dest[1].append(m)
-        if lerp[0]:
+        if len(theirs) != len(self._tensors):
+            raise ValueError(f"the model has {len(theirs)} tensors, its average {len(self._tensors)}")
+        if self.updates == 0:
+            torch._foreach_copy_(self._tensors, theirs)
+        else:
             d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-            torch._foreach_lerp_(*lerp, 1.0 - d)
-        if copy_[0]:
-            torch._foreach_copy_(*copy_)
+            torch._foreach_lerp_(self._floats, list(compress(theirs, self._is_float)), 1.0 - d)
+            if self._others:
+                torch._foreach_copy_(self._others, list(compress(theirs, self._is_other)))
         self.updates += 1
 
 

@@ -36,10 +36,11 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     return padded[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W)
 
 
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """A normalised 1-D Gaussian of standard deviation `sigma` pixels, 2*ceil(3*sigma)+1 taps."""
+def gaussian_kernel(sigma: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A normalised 1-D Gaussian of standard deviation `sigma` pixels, 2*ceil(3*sigma)+1 taps, made on
+    `device` (no host-to-device copy per batch: on a GPU that waits for the queued kernels)."""
     r = math.ceil(3 * sigma)
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    t = torch.arange(-r, r + 1, dtype=torch.float32, device=device)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     return k / k.sum()
 
@@ -74,14 +75,13 @@ def random_warp(
     grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)  # (B, H, W, 2), last dim (x, y)
     if elastic:
         noise = torch.rand((b, 2, h, w), device=dev, generator=generator) * 2 - 1  # (B, 2, H, W): dx, dy
-        k = gaussian_kernel(elastic_sigma).to(dev)
+        k = gaussian_kernel(elastic_sigma, dev)
         r = len(k) // 2
         # Separable blur, each displacement channel on its own (groups=2); zero padding at the border.
         noise = F.conv2d(noise, k.view(1, 1, -1, 1).expand(2, 1, -1, 1), padding=(r, 0), groups=2)
         noise = F.conv2d(noise, k.view(1, 1, 1, -1).expand(2, 1, 1, -1), padding=(0, r), groups=2)
         # Pixels to normalised units (align_corners=False: the image spans 2 units over w or h pixels).
-        units = torch.tensor([2.0 / w, 2.0 / h], device=dev)
-        grid = grid + elastic * noise.permute(0, 2, 3, 1) * units  # (B, H, W, 2)
+        grid = grid + torch.stack([noise[:, 0] * (2.0 * elastic / w), noise[:, 1] * (2.0 * elastic / h)], -1)
     return F.grid_sample(images[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
 
 
