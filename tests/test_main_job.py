@@ -1,12 +1,15 @@
 """The main job as a user runs it: from a directory that is not the repo root, with the default or a
 relative storage path, reading its console as a person would."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 import ray
-from support.helpers import ray_started, run_job
+from support.helpers import CHECKPOINT_FILES, RESULTS, ray_started, run_job
+
+from lstmclf.records import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +47,11 @@ def test_tune_smoke_with_the_default_storage_from_another_directory(ray_cluster,
     best = re.search(r"^best checkpoint: (.+)$", res.stdout, re.M)
     assert best and Path(best[1]).parent.parent.parent == exp and (Path(best[1]) / "checkpoint.pt").is_file()
     assert f"best recipe:     {exp}/best_recipe.yaml" in res.stdout
+    # What an experiment leaves in a local directory (test_tune reads the same from S3).
+    assert set(RESULTS) <= {p.name for p in exp.iterdir()}
+    assert json.loads((exp / "summary.json").read_text())["best_checkpoint"] == best[1]
+    table = read_metrics(str(exp / "metrics"))
+    assert sorted(set(table["trial_id"].to_pylist())) == [t.name for t in trials]
 
     console = res.stdout + res.stderr
     assert ray_started(res.stdout.splitlines()[0])  # says where Ray is and where its own messages went
@@ -54,6 +62,7 @@ def test_tune_smoke_with_the_default_storage_from_another_directory(ray_cluster,
     )
     assert epochs_run >= 3  # 2 trials x 2 epochs, or one stopped early by ASHA
     assert len(console.splitlines()) < 10 * epochs_run
+    assert table.num_rows >= epochs_run
     assert len(re.findall(r"^trial \S+  epoch \d/2  val_acc", res.stdout, re.M)) == epochs_run
 
 
@@ -108,7 +117,11 @@ def test_train_with_a_relative_storage_from_another_directory(ray_cluster, tmp_p
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert (tmp_path / "out" / "rel" / "epoch_0001" / "checkpoint.pt").is_file()
-    assert f"best checkpoint: {tmp_path}/out/rel/epoch_0001" in res.stdout
+    run = tmp_path / "out" / "rel"
+    assert set(CHECKPOINT_FILES) <= {p.name for p in (run / "epoch_0001").iterdir()}
+    assert f"best checkpoint: {run}/epoch_0001" in res.stdout
+    # What a run leaves in a local directory (test_train reads the same from S3).
+    assert json.loads((run / "summary.json").read_text())["best_checkpoint"] == f"{run}/epoch_0001"
+    assert read_metrics(str(run / "metrics"))["epoch"].to_pylist() == [1]
     assert re.search(r"^epoch 1/1  train_loss [\d.]+  val_loss", res.stdout, re.M)  # relayed from the controller
     assert not NOISE.search(res.stdout + res.stderr), NOISE.search(res.stdout + res.stderr)

@@ -1,6 +1,8 @@
-"""Real Ray Train runs: 2 CPU workers, DDP over gloo, a slice of the bundled MNIST sample. Every
-scenario runs once per `store`: a local directory, and a real S3 server's bucket (SeaweedFS) that
-the data is read from too; and a run rides through its S3 server going down."""
+"""Real Ray Train runs: 2 CPU workers, DDP over gloo, a slice of the bundled MNIST sample. The job's
+resume of a dead run runs once per `store`: a local directory, and a real S3 server's bucket
+(SeaweedFS) that the data is read from too. The shared DDP run is on S3 only (`ONE_STORE`;
+test_main_job checks what a run leaves in a local directory). And a run rides through its S3 server
+going down."""
 
 import functools
 import json
@@ -14,6 +16,7 @@ import ray.train
 import torch
 from support.helpers import (
     CHECKPOINT_FILES,
+    ONE_STORE,
     TINY,
     crash_after_first_report,
     epoch_dirs,
@@ -38,7 +41,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trained(ray_cluster, store):
-    """One DDP run per store, shared by the tests that read it: (config, outcome, run URI, epoch metrics)."""
+    """One DDP run, shared by the tests that read it (`ONE_STORE`): (config, outcome, run URI, epoch metrics)."""
     cfg = Config().override(TINY | store.overrides("ddp"))
     out = training.fit(cfg, progress=False)
     run = f"{cfg.storage.path}/ddp"
@@ -46,6 +49,7 @@ def trained(ray_cluster, store):
     return cfg, out, run, history
 
 
+@ONE_STORE
 def test_ddp_run_learns(trained):
     cfg, out, run, history = trained
     assert out.run_path == run
@@ -59,6 +63,7 @@ def test_ddp_run_learns(trained):
     assert history[1]["threads"] == cfg.scaling.cpus_per_worker == 1 < torch.get_num_threads()
 
 
+@ONE_STORE
 def test_checkpoints_summary_and_metrics_table_land_in_storage(trained, store):
     cfg, out, run, history = trained
     keys = store.keys(run)
@@ -84,6 +89,7 @@ def test_checkpoints_summary_and_metrics_table_land_in_storage(trained, store):
         assert SECRET_KEY.encode() not in body and ACCESS_KEY.encode() not in body, key
 
 
+@ONE_STORE
 def test_checkpoint_rebuilds_the_model_that_was_validated(trained, store):
     """The rebuilt model reproduces, on the driver, the validation metrics the DDP workers reported."""
     cfg, out, _, _ = trained

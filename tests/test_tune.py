@@ -1,7 +1,8 @@
-"""Real Ray Tune experiments on the local cluster, every trial a 2-worker (or 1-worker) DDP run, each
-scenario where storage is the point once per `store`: a local directory, and a real S3 server's bucket
-(SeaweedFS) that the data is read from too. A scenario about scheduling or search runs on one store
-(`ONE_STORE`): a second would test Ray Tune's scheduler again, not our storage, for minutes of suite."""
+"""Real Ray Tune experiments on the local cluster, every trial a 2-worker (or 1-worker) DDP run. The
+killed-driver resume runs once per `store`: a local directory given as a relative path, and a real S3
+server's bucket (SeaweedFS) that the data is read from too. The rest run on S3 only (`ONE_STORE`): a
+local run would test Ray Tune's scheduler again, not our storage, for minutes of suite; the jobs' own
+tests (test_main_job, test_compare) check what an experiment leaves in a local directory."""
 
 import json
 import re
@@ -12,6 +13,8 @@ import pytest
 import yaml
 from support.helpers import (
     CHECKPOINT_FILES,
+    ONE_STORE,
+    RESULTS,
     TINY,
     live_placement_groups,
     run_job,
@@ -25,21 +28,11 @@ from lstmclf.config import Config
 from lstmclf.records import read_metrics
 
 pytestmark = pytest.mark.slow
-# S3: the store on which a paused or restored trial's checkpoints take the longer way (upload, download).
-ONE_STORE = pytest.mark.parametrize("store", ["s3"], indirect=True)
-RESULTS = (
-    "results.csv",
-    "results.parquet",
-    "results.md",
-    "best_recipe.yaml",
-    "summary.json",
-    "lstmclf_experiment.yaml",
-)
 
 
 @pytest.fixture(scope="module")
 def asha(ray_cluster, store):
-    """One ASHA experiment per store, shared by the tests that read it: (config, outcome).
+    """One ASHA experiment, shared by the tests that read it (`ONE_STORE`): (config, outcome).
 
     4 trials x 2 DDP workers on 4 CPUs: 2 at a time, so trials 3 and 4 start only when ASHA has stopped
     (or finished) one of the first two. The rung is epoch 1 and ASHA stops a trial that reaches it below
@@ -62,6 +55,7 @@ def asha(ray_cluster, store):
     return cfg, tuning.run_experiment(cfg)
 
 
+@ONE_STORE
 def test_asha_stops_trials_and_later_trials_still_run(asha):
     """ASHA stops some trials, the rest still start and finish, and no placement group is left
     behind (Ray Train frees stopped trials' groups via the state API)."""
@@ -78,6 +72,7 @@ def test_asha_stops_trials_and_later_trials_still_run(asha):
     assert live_placement_groups(within_s=30) == []
 
 
+@ONE_STORE
 def test_experiment_results_land_in_storage(asha, store):
     cfg, out = asha
     exp = out.experiment
@@ -117,6 +112,7 @@ def test_best_recipe_trains_as_it_is(ray_cluster, asha, store, tmp_path):
     ).override({"storage.path": where, "storage.name": "retrain"})
 
 
+@ONE_STORE
 def test_a_finished_experiment_is_restored_from_storage(asha, store):
     """The same name again: Tune restores the experiment from storage, keeps its finished trials
     and trains nothing again."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import pytest
 import ray.cloudpickle
 import ray.train
 
@@ -38,6 +39,18 @@ TINY = {  # small enough for seconds per epoch on 2 cores, big enough to learn
     "train.checkpoints_to_keep": 5,
 }
 CHECKPOINT_FILES = ("checkpoint.pt", "config.yaml", "manifest.json", "metrics.json")
+RESULTS = (  # what a finished experiment leaves in its directory besides trials/ and metrics/
+    "results.csv",
+    "results.parquet",
+    "results.md",
+    "best_recipe.yaml",
+    "summary.json",
+    "lstmclf_experiment.yaml",
+)
+# A scenario whose point is not where it stores runs on S3 only, the store on which a checkpoint takes
+# the longer way (upload, download); local storage is what the jobs' own tests use, from another
+# directory with relative paths (test_main_job, test_faults, test_compare).
+ONE_STORE = pytest.mark.parametrize("store", ["s3"], indirect=True)
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
