@@ -18,16 +18,8 @@
 #               is a guess, 5-8 minutes). Run again on a warm machine, it resumes the comparison.
 # Each under `timeout`; back in $OUT: gpu.log (everything), one JSON per measurement, ray-logs.tgz.
 #
-# .gpu/ (ignored, built by hand; echo /.gpu/ >> .git/info/exclude): mnist/, the four MNIST files, and site.tar.xz,
-# a Python 3.12 site-packages with Ray 2.58 and what that machine lacks, made here (x86-64) with
-#   pip install --dry-run --ignore-installed --report r.json --python-version 3.12 --only-binary=:all:
-#     --platform manylinux_2_28_x86_64 ... --target /tmp/x "ray[default,train,tune]==2.58.0" torchmetrics pyarrow pyyaml
-#   minus what that machine already has (its image's torch, numpy, etc.; Torch's CUDA wheels dropped), plus, overriding its copies,
-#   typing_extensions 4.16 (pydantic 2.14 needs it), protobuf 7.36 (the google/opentelemetry protos' runtime)
-#   and aiohttp 3.14 with multidict/yarl/propcache/frozenlist/aiosignal/aiohappyeyeballs (ray[default] needs
-#   >= 3.14.1): the versions of .venv; `pip download --no-deps` each, `python3.12 -m pip install --no-deps
-#   --no-compile --target SITE` them with the Ray wheel; rm -r SITE/bin SITE/ray/{jars,rllib,serve,llm}
-#   SITE/virtualenv/seed/wheels/embed/*.whl, the dashboard's *.map; tar -C SITE -cf - . | xz -9e > .gpu/site.tar.xz
+# .gpu/ (ignored): mnist/, the four MNIST files, and site.tar.xz, a Python 3.12 site-packages with Ray 2.58
+# and what that machine lacks; `bash bench/gpu_prepare.sh` builds it here, from the package registry.
 
 set -u -o pipefail
 : "${OUT:?set OUT to the folder whose files come back}"
