@@ -48,8 +48,8 @@ RESULTS = (  # what a finished experiment leaves in its directory besides trials
     "lstmclf_experiment.yaml",
 )
 # A scenario whose point is not where it stores runs on S3 only, the store on which a checkpoint takes
-# the longer way (upload, download); local storage is what the jobs' own tests use, from another
-# directory with relative paths (test_main_job, test_faults, test_compare).
+# the longer way (upload, download). Local storage is what test_main_job (relative paths, from another
+# directory), test_faults and test_compare use.
 ONE_STORE = pytest.mark.parametrize("store", ["s3"], indirect=True)
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
