@@ -27,10 +27,13 @@ def main() -> None:
     from lstmclf.training import fit  # Ray is imported only once the config is valid
 
     out = fit(cfg, verbose=a.verbose)
-    print(
-        f"\nrun {out.run_path}: {out.epochs_run} epochs, best val_acc {out.best_metrics['val_acc']:.2%} "
-        f"(epoch {out.best_metrics['epoch']})"
+    best = out.best_metrics
+    chosen = (
+        f"best val_acc {best['val_acc']:.2%} (epoch {best['epoch']})"
+        if "val_acc" in best
+        else f"no validation split: kept the last epoch ({best['epoch']})"
     )
+    print(f"\nrun {out.run_path}: {out.epochs_run} epochs, {chosen}")
     print(test_line(out.test_metrics))
     print(f"best checkpoint: {out.best_checkpoint}")
 

@@ -61,7 +61,9 @@ class DataConfig:
     # otherwise a directory or s3:// URI holding the four IDX files (gzipped or raw).
     path: str = "sample"
     num_classes: int = 0  # 0 = infer from the training labels (max label + 1)
-    val_fraction: float = 0.1  # stratified, seeded hold-out from the training files
+    # Stratified, seeded hold-out from the training files. 0 = none: train on every training image for
+    # train.epochs and keep the last epoch (jobs/train.py, jobs/retrain.py without a search; not tuning).
+    val_fraction: float = 0.1
     limit_train: int = 0  # 0 = all; else a stratified subset of the training files
     limit_test: int = 0  # 0 = all; else a stratified subset of the test files
     shift: int = 2  # max random shift in pixels, drawn per image on the batch tensor; 0 = off
@@ -81,7 +83,7 @@ class DataConfig:
             "data.num_classes",
             f"{self.num_classes} must be 0 (infer) or >= 2",
         )
-        _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"{self.val_fraction} is outside (0, 1)")
+        _require(0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"{self.val_fraction} is outside [0, 1)")
         _require(self.limit_train >= 0, "data.limit_train", f"{self.limit_train} < 0")
         _require(self.limit_test >= 0, "data.limit_test", f"{self.limit_test} < 0")
         _require(0 <= self.shift <= 8, "data.shift", f"{self.shift} is outside [0, 8]")
@@ -164,7 +166,7 @@ class TrainConfig:
     batch_size: int = 128  # per worker; the global batch is batch_size * num_workers
     eval_batch_size: int = 1024  # per worker
     seed: int = 0  # model init, batch order, augmentation, dropout
-    checkpoints_to_keep: int = 2  # best by val_acc; the latest is always kept for resuming
+    checkpoints_to_keep: int = 2  # best by val_acc (the latest with no validation split); the latest is always kept
     max_failures: int = 1  # worker-group restarts from the latest checkpoint
     # > 0: validate, checkpoint and serve an exponential moving average of the weights (and BatchNorm
     # statistics), updated after every step with this decay (0.999 ~ the last 1,000 steps); 0 = off

@@ -67,18 +67,31 @@ def saved_config(raw: bytes, where: str) -> Config:
         raise CheckpointError(f"{where} is not a valid config ({e})") from None
 
 
-def preflight(cfg: Config, splits: Splits | None = None) -> Splits:
-    """What can fail before Ray starts, cheapest first: the storage (one request), the data (read,
-    validated, split), the model (built once: bad pretrained weights fail here, not on every
-    worker), and whether every worker gets samples. Returns the data."""
+def preflight(cfg: Config, splits: Splits | None = None, *, validation: bool = True) -> Splits:
+    """What can fail before Ray starts, cheapest first: a validation split where the job ranks by it
+    (`validation`: tuning and comparing; a single run may train without one), the storage (one
+    request), the data (read, validated, split), the model (built once: bad pretrained weights fail
+    here, not on every worker), and whether every worker gets samples. Returns the data."""
+    if validation:
+        require_validation(cfg)
     storage.check(cfg.storage.path, cfg.storage.s3_endpoint)  # no credentials, bad endpoint, missing bucket
     splits = splits if splits is not None else load_data(cfg)
     build_model(cfg.model, splits.num_classes, splits.image_shape)
     workers = cfg.scaling.num_workers
-    for part in ("train", "val"):
+    for part in ("train", "val") if cfg.data.val_fraction > 0 else ("train",):
         if len(getattr(splits, part)) < workers:
             raise DataError(f"{len(getattr(splits, part))} {part} images cannot be shared by {workers} workers")
     return splits
+
+
+def require_validation(cfg: Config) -> None:
+    """Refuse data.val_fraction 0 in a job that ranks trials or runs by validation accuracy (ASHA, SHA,
+    the results table, the comparison's choice of checkpoints)."""
+    if cfg.data.val_fraction == 0:
+        raise ConfigError(
+            "config value data.val_fraction: 0 leaves no validation split, and this job ranks its runs by "
+            "validation accuracy (0 is for jobs/train.py, to train a chosen recipe on every training image)"
+        )
 
 
 def read_experiment_config(exp_uri: str, endpoint: str = "") -> Config | None:

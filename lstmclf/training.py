@@ -21,17 +21,18 @@ from lstmclf.worker import METRIC, EpochPrinter, EpochRecorder, make_trainer
 @dataclass(frozen=True)
 class TrainOutcome:
     run_path: str  # storage URI of the run
-    best_checkpoint: str  # storage URI of the best checkpoint (by val_acc)
+    best_checkpoint: str  # storage URI of the best checkpoint (by val_acc; the last with no validation split)
     best_metrics: dict[str, Any]
     test_metrics: dict[str, Any]
     epochs_run: int
 
 
 def best_checkpoint(result: ray.train.Result) -> tuple[ray.train.Checkpoint, dict[str, Any]]:
-    """The reported checkpoint with the highest validation accuracy (ties: the later one)."""
+    """The reported checkpoint with the highest validation accuracy (ties: the later one); with no
+    validation split (no val_acc reported), the last."""
     if not result.best_checkpoints:
         raise RuntimeError(f"run {result.path} reported no checkpoint")
-    return max(result.best_checkpoints, key=lambda cm: (cm[1][METRIC], cm[1]["epoch"]))
+    return max(result.best_checkpoints, key=lambda cm: (cm[1].get(METRIC, 0.0), cm[1]["epoch"]))
 
 
 def fit(cfg: Config, *, splits: Splits | None = None, progress: bool = True, verbose: bool = False) -> TrainOutcome:
@@ -41,7 +42,7 @@ def fit(cfg: Config, *, splits: Splits | None = None, progress: bool = True, ver
     per epoch; `verbose` lets Ray's own output through (see `lstmclf.driver`)."""
     cfg = absolute_paths(cfg)  # Ray's processes run elsewhere: a relative path would point there
     endpoint = cfg.storage.s3_endpoint
-    splits = preflight(cfg, splits)
+    splits = preflight(cfg, splits, validation=False)
     check_run(cfg)
     init_ray(verbose=verbose)  # only now: bad input has failed above without cluster time
     run_path = storage.join(cfg.storage.path, cfg.storage.name)

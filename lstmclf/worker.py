@@ -45,6 +45,12 @@ from lstmclf.models import build_model
 METRIC = "val_acc"  # what "best" means for checkpoints, ASHA and the results table
 
 
+def score_attribute(cfg: Config) -> str:
+    """The reported metric a run's best checkpoints are kept by: validation accuracy, or the epoch
+    when there is no validation split (data.val_fraction 0), so that the last epoch is the best."""
+    return METRIC if cfg.data.val_fraction > 0 else "epoch"
+
+
 def data_info(splits: Splits) -> dict[str, Any]:
     """What a checkpoint needs to know about the data to rebuild and feed its model."""
     return {
@@ -99,13 +105,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         rank=rank,
         world_size=world,
     )
-    val_loader = BatchLoader(
-        *to_tensors(splits.val, device),
-        tr.eval_batch_size,
-        mean=splits.mean,
-        std=splits.std,
-        rank=rank,
-        world_size=world,
+    val_loader = (
+        BatchLoader(
+            *to_tensors(splits.val, device),
+            tr.eval_batch_size,
+            mean=splits.mean,
+            std=splits.std,
+            rank=rank,
+            world_size=world,
+        )
+        if len(splits.val)
+        else None  # data.val_fraction 0: every training image trains, nothing is validated
     )
     optimizer = build_optimizer(cfg.optim, model.parameters())
     scheduler = build_scheduler(cfg.optim, optimizer, tr.epochs * len(train_loader))
@@ -142,7 +152,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             broadcast_buffers(model_without_ddp)
             if ema is not None:
                 broadcast_buffers(ema.module)
-        val = evaluate(served, val_loader, splits.num_classes, device=device)
+        val = {} if val_loader is None else evaluate(served, val_loader, splits.num_classes, device=device)
         metrics = {
             "epoch": epoch + 1,
             "train_loss": stats[0].item() / stats[1].item(),
@@ -226,9 +236,13 @@ class EpochRecorder(ray.train.UserCallback):
 
 
 def epoch_line(m: dict[str, Any], epochs: int) -> str:
+    val = (
+        f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.2%}  val_f1 {m['val_f1']:.4f}  "
+        if METRIC in m
+        else "no validation split  "
+    )
     return (
-        f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
-        f"val_acc {m['val_acc']:.2%}  val_f1 {m['val_f1']:.4f}  {m['epoch_s']:.1f}s  "
+        f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  {val}{m['epoch_s']:.1f}s  "
         f"{m['train_img_s']:,.0f} img/s"
     )
 
@@ -270,7 +284,7 @@ def make_trainer(
             storage_filesystem=fs,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.checkpoints_to_keep,
-                checkpoint_score_attribute=METRIC,
+                checkpoint_score_attribute=score_attribute(cfg),
                 checkpoint_score_order="max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),

@@ -64,6 +64,8 @@ def test_int_accepted_for_float_and_numeric_strings_parsed():
         (["storage.name=a/b"], "storage.name"),
         (["nokeyvalue"], "must look like section.key=value"),
         (["data.elastic=-1"], "data.elastic: -1.0 is outside [0, 100]"),
+        (["data.val_fraction=1"], "data.val_fraction: 1.0 is outside [0, 1)"),
+        (["data.val_fraction=-0.1"], "data.val_fraction: -0.1 is outside [0, 1)"),
         (["data.elastic_sigma=100"], "data.elastic_sigma: 100.0 is outside [0.5, 16]"),
         (["retrain.alpha=0"], "retrain.alpha: 0.0 is outside (0, 1)"),
         (["retrain.margin=1"], "retrain.margin: 1.0 is outside [0, 1)"),

@@ -53,6 +53,18 @@ def test_split_is_seeded_and_disjoint(tmp_path):
     assert len(rows) == 100  # every training image in exactly one split
 
 
+def test_no_validation_split_trains_on_every_training_image(tmp_path):
+    arrays = write_dataset(tmp_path / "d", n_train=100, classes=5)
+    s = build_splits(arrays, val_fraction=0.0)
+    assert len(s.val) == 0 and s.val.images.shape == (0, *arrays["train_images"].shape[1:])
+    assert np.array_equal(s.train.images, arrays["train_images"]) and np.array_equal(
+        s.train.labels, arrays["train_labels"]
+    )
+    assert s.mean == pytest.approx(arrays["train_images"].mean(dtype=np.float64) / 255.0)  # over all of them
+    with pytest.raises(DataError, match=r"cannot give a validation split of 0\.001$"):
+        build_splits(arrays, val_fraction=0.001)  # rounds to no image: a split was asked for, none fits
+
+
 def test_stratified_take_keeps_proportions_and_total():
     labels = np.repeat(np.arange(3), [50, 30, 20])
     taken, rest = stratified_take(labels, 10, seed=0)

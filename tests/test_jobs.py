@@ -34,6 +34,17 @@ def test_train_job_rejects_bad_input_before_ray_starts(tmp_path, args, message):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("job", ["tune.py", "compare.py"])
+def test_jobs_that_rank_by_validation_refuse_no_validation_split_before_ray_starts(tmp_path, job):
+    res = run_job(job, "--storage", str(tmp_path / "runs"), "--set", "data.val_fraction=0", timeout=120)
+    assert res.returncode == 2 and not ray_started(res.stdout + res.stderr)
+    assert res.stderr == (
+        "error: config value data.val_fraction: 0 leaves no validation split, and this job ranks its runs by "
+        "validation accuracy (0 is for jobs/train.py, to train a chosen recipe on every training image)\n"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
 def test_evaluate_refuses_a_tampered_or_missing_checkpoint(tmp_path):
     write_checkpoint(tmp_path / "good")
     res = run_job("evaluate.py", str(tmp_path / "good"), "--out", str(tmp_path / "eval"), timeout=120)

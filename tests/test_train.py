@@ -6,6 +6,7 @@ going down."""
 
 import functools
 import json
+import re
 import threading
 import time
 
@@ -145,6 +146,27 @@ def test_train_job_resumes_a_dead_run_and_its_best_checkpoint_evaluates(ray_clus
 
     with pytest.raises(ConfigError, match=r"run resume exists with another config \(model.hidden: 32 -> 64\)"):
         training.fit(cfg.override({"model.hidden": 64}), splits=splits, progress=False)
+
+
+def test_a_run_without_a_validation_split_keeps_its_last_epoch(ray_cluster, tmp_path):
+    """data.val_fraction 0, as a user trains a chosen recipe on every training image: jobs/train.py from
+    another directory with a relative storage, 2 DDP workers. Nothing is validated, the checkpoints kept
+    are the latest ones, the last epoch's is the run's best and the test set scores it."""
+    overrides = TINY | {"data.val_fraction": 0, "train.epochs": 3, "train.checkpoints_to_keep": 2}
+    res = run_job(
+        "train.py", *sets(overrides), "--storage", "out", "--name", "all", ray_address=ray_cluster, cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "out" / "all"
+    assert re.findall(r"^epoch (\d)/3  train_loss [\d.]+  no validation split  ", res.stdout, re.M) == ["1", "2", "3"]
+    assert "run " + str(run) + ": 3 epochs, no validation split: kept the last epoch (3)\n" in res.stdout
+    assert f"best checkpoint: {run}/epoch_0003" in res.stdout and "test (300 images): acc" in res.stdout
+    assert sorted(p.name for p in run.glob("epoch_*")) == ["epoch_0002", "epoch_0003"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_epoch"] == 3 and summary["best_checkpoint"] == f"{run}/epoch_0003"
+    assert summary["test"]["acc"] > 0.5 and not any(k.startswith("val_") for k in summary["best_val"])
+    table = records.read_metrics(str(run / "metrics"))
+    assert table["epoch"].to_pylist() == [1, 2, 3] and not any(c.startswith("val_") for c in table.column_names)
 
 
 def test_training_rides_through_an_s3_outage(ray_cluster, tmp_path):

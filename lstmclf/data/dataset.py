@@ -305,7 +305,8 @@ def build_splits(
     seed: int = 0,
     name: str = "dataset",
 ) -> Splits:
-    """Validated arrays -> stratified train/val split of the training files and the (subset) test set."""
+    """Validated arrays -> stratified train/val split of the training files (no val split when
+    `val_fraction` is 0) and the (subset) test set."""
     tr_x, tr_y = arrays["train_images"], arrays["train_labels"]
     te_x, te_y = arrays["test_images"], arrays["test_labels"]
     n_cls = class_count(arrays, num_classes, name)
@@ -316,9 +317,9 @@ def build_splits(
         keep, _ = stratified_take(te_y, limit_test, seed + 1)
         te_x, te_y = te_x[keep], te_y[keep]
     n_val = round(val_fraction * len(tr_y))
-    if n_val < 1 or n_val >= len(tr_y):
+    if (val_fraction > 0 and n_val < 1) or n_val >= len(tr_y):
         raise DataError(f"{name}: {len(tr_y)} training images cannot give a validation split of {val_fraction}")
-    val_idx, train_idx = stratified_take(tr_y, n_val, seed + 2)
+    val_idx, train_idx = stratified_take(tr_y, n_val, seed + 2)  # n_val 0: an empty val split, all train
     train = Split(np.ascontiguousarray(tr_x[train_idx]), np.ascontiguousarray(tr_y[train_idx]))
     # Pixel statistics of the training split only (no peeking at val/test), in [0, 1] units.
     px = train.images.reshape(-1)
